@@ -1,0 +1,6 @@
+"""skvif: versatile influence functions for non-decomposable losses."""
+
+from ._engine import vif
+
+__version__ = "0.1.0"
+__all__ = ["vif"]

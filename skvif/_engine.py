@@ -1,0 +1,530 @@
+"""The model-agnostic influence engine.
+
+Everything here works on a loss ``loss(params, weights)`` written with
+``autograd.numpy``, with one weight per training sample, where a weight of zero
+must give exactly the loss of the data without that sample. The engine knows
+nothing about any model: estimators hand it their objective and read back
+parameter (or prediction) changes.
+
+A loss may be *batched*: besides ``(p,)`` params and ``(n,)`` weights it then
+also accepts ``(k, p)`` params with ``(k, n)`` weights and returns ``(k,)``
+losses. The engine then evaluates the gradients (and Hessians, and refits) of
+``k`` leave-out problems in one vectorized autograd pass instead of a Python
+loop; every built-in objective of skvif is written this way.
+"""
+
+import numbers
+import sys
+import warnings
+
+import autograd.numpy as anp
+import numpy as np
+import scipy.linalg
+from autograd import grad, jacobian
+from autograd.differential_operators import make_jvp_reversemode
+from joblib import Parallel, delayed
+from scipy.sparse.linalg import LinearOperator, cg
+from sklearn.exceptions import ConvergenceWarning
+
+__all__ = ["vif", "METHODS", "SOLVERS"]
+
+METHODS = ("vif", "if", "newton", "loo")
+SOLVERS = ("auto", "direct", "cg")
+
+# Above this many parameters ``solver="auto"`` uses conjugate gradients on
+# Hessian-vector products instead of a dense factorization.
+AUTO_CG_MIN_PARAMS = 2000
+# Leave-out problems evaluated together hold about this many weights at once.
+_CHUNK_ELEMENTS = 2**21
+
+
+# --------------------------------------------------------------------------
+# batched evaluation
+# --------------------------------------------------------------------------
+def _as_batched(loss, batched):
+    """Return ``f(P (k, p), W (k, n)) -> (k,)`` for any loss."""
+    if batched:
+        return loss
+
+    def looped(P, W):
+        return anp.stack([loss(P[i], W[i]) for i in range(P.shape[0])])
+
+    return looped
+
+
+def _batch_grad(lossb, P, W):
+    """Per-problem gradients, shape ``(k, p)``, in one reverse pass."""
+    return grad(lambda Q: anp.sum(lossb(Q, W)))(P)
+
+
+def _batch_hessians(lossb, P, W):
+    """Per-problem Hessians, shape ``(k, p, p)``, from ``p`` batched HVPs."""
+    gradient = grad(lambda Q: anp.sum(lossb(Q, W)))
+    k, p = P.shape
+    H = np.empty((k, p, p))
+    for j in range(p):
+        V = np.zeros((k, p))
+        V[:, j] = 1.0
+        H[:, :, j] = grad(lambda Q: anp.sum(gradient(Q) * V))(P)
+    return 0.5 * (H + np.swapaxes(H, 1, 2))
+
+
+def _leave_out_weights(units, n_samples, base=None):
+    W = np.ones((len(units), n_samples)) if base is None else np.tile(base, (len(units), 1))
+    for i, idx in enumerate(units):
+        W[i, idx] = 0.0
+    return W
+
+
+def _chunks(units, n_samples, batched):
+    size = max(1, _CHUNK_ELEMENTS // max(n_samples, 1)) if batched else 64
+    return [(start, units[start:start + size]) for start in range(0, len(units), size)]
+
+
+def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label):
+    """Apply ``func(chunk_units)`` to chunks of units and stack the results."""
+    chunks = _chunks(units, n_samples, batched)
+    if n_jobs is not None and n_jobs != 1 and len(chunks) > 1:
+        results = Parallel(n_jobs=n_jobs, verbose=10 if verbose else 0)(
+            delayed(func)(chunk) for _, chunk in chunks
+        )
+    else:
+        results = []
+        for start, chunk in chunks:
+            results.append(func(chunk))
+            if verbose:
+                done = start + len(chunk)
+                print(f"[skvif] {label}: {done}/{len(units)} units", file=sys.stderr)
+    return np.concatenate(results, axis=0)
+
+
+# --------------------------------------------------------------------------
+# minimization (fits and exact refits)
+# --------------------------------------------------------------------------
+def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0):
+    """Minimize ``k`` problems at once by damped Newton steps with step halving.
+
+    Parameters
+    ----------
+    lossb : callable
+        Batched loss ``lossb(P (k, p), W (k, n)) -> (k,)``.
+    P0 : ndarray of shape (k, p)
+        Starting points.
+    W : ndarray of shape (k, n)
+        Sample weights of each problem.
+    tol : float
+        A problem has converged once a full Newton step moves no parameter by
+        more than ``tol * (1 + max |params|)``.
+    max_iter : int
+        Maximum number of Newton iterations.
+    damping : float
+        Added to the Hessian's diagonal.
+
+    Returns
+    -------
+    P : ndarray of shape (k, p)
+    n_iter : ndarray of shape (k,)
+    converged : ndarray of shape (k,) of bool
+
+    Notes
+    -----
+    The Newton direction uses the absolute values of the Hessian's eigenvalues
+    (floored at ``1e-10`` times the largest), so it is a descent direction even
+    where the objective is not convex; each step is halved until the objective
+    does not increase.
+    """
+    P = np.array(P0, dtype=float)
+    k, p = P.shape
+    f = np.asarray(lossb(P, W), dtype=float)
+    n_iter = np.zeros(k, dtype=int)
+    converged = np.zeros(k, dtype=bool)
+    for _ in range(max_iter):
+        act = np.flatnonzero(~converged)
+        if act.size == 0:
+            break
+        Pa, Wa, fa = P[act], W[act], f[act]
+        g = _batch_grad(lossb, Pa, Wa)
+        H = _batch_hessians(lossb, Pa, Wa) + damping * np.eye(p)
+        lam, V = np.linalg.eigh(H)
+        floor = 1e-10 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
+        coords = np.einsum("kij,ki->kj", V, g) / np.maximum(np.abs(lam), floor)
+        step = -np.einsum("kij,kj->ki", V, coords)
+        t = np.ones(act.size)
+        accepted = np.zeros(act.size, dtype=bool)
+        f_new = fa.copy()
+        slack = 1e-13 * (1.0 + np.abs(fa))
+        for _ in range(50):
+            todo = ~accepted
+            trial = Pa[todo] + t[todo, None] * step[todo]
+            ft = np.asarray(lossb(trial, Wa[todo]), dtype=float)
+            ok = np.isfinite(ft) & (ft <= fa[todo] + slack[todo])
+            idx = np.flatnonzero(todo)
+            accepted[idx[ok]] = True
+            f_new[idx[ok]] = ft[ok]
+            t[idx[~ok]] *= 0.5
+            if accepted.all():
+                break
+        move = t[:, None] * step * accepted[:, None]
+        P[act] = Pa + move
+        f[act] = f_new
+        n_iter[act] += 1
+        scale = 1.0 + np.max(np.abs(P[act]), axis=1)
+        small = np.max(np.abs(step), axis=1) <= tol * scale
+        stuck = ~accepted  # no decrease possible in floating point: at the optimum
+        converged[act[small | stuck]] = True
+    return P, n_iter, converged
+
+
+# --------------------------------------------------------------------------
+# Hessian solves
+# --------------------------------------------------------------------------
+class HessianSolver:
+    """Solve ``(H + damping I) x = b`` for the Hessian of a loss at one point.
+
+    ``solver="direct"`` factorizes the dense Hessian (Cholesky, or a symmetric
+    eigendecomposition when it is not positive definite); ``solver="cg"`` runs
+    :func:`scipy.sparse.linalg.cg` on Hessian-vector products through a
+    :class:`~scipy.sparse.linalg.LinearOperator`, never forming ``H``.
+    """
+
+    def __init__(self, loss, params, weights, *, solver="auto", damping=0.0,
+                 cg_rtol=1e-10, cg_maxiter=None):
+        self.params = params
+        self.damping = float(damping)
+        p = params.size
+        if solver == "auto":
+            solver = "cg" if p >= AUTO_CG_MIN_PARAMS else "direct"
+        self.solver = solver
+        gradient = grad(loss)
+        self._hvp = grad(lambda th, v: anp.dot(gradient(th, weights), v))
+        if solver == "direct":
+            H = _batch_hessians(_as_batched(loss, False), params[None], weights[None])[0]
+            self._factor(H + self.damping * np.eye(p))
+        else:
+            self.cg_rtol = cg_rtol
+            self.cg_maxiter = cg_maxiter if cg_maxiter is not None else 10 * p
+            self.operator = LinearOperator(
+                (p, p), matvec=self.matvec, rmatvec=self.matvec, dtype=float
+            )
+
+    def matvec(self, v):
+        v = np.ravel(v)
+        return self._hvp(self.params, v) + self.damping * v
+
+    def _factor(self, H):
+        try:
+            self._cho = scipy.linalg.cho_factor(H)
+            return
+        except np.linalg.LinAlgError:
+            self._cho = None
+        lam, V = np.linalg.eigh(H)
+        largest = np.max(np.abs(lam))
+        if not np.all(np.isfinite(lam)) or np.min(np.abs(lam)) <= 1e-12 * max(largest, 1e-300):
+            raise ValueError(
+                "The Hessian of the objective is singular at the fitted parameters "
+                "(collinear features, or a flat direction of the objective). "
+                "Set a ridge penalty (alpha) on the estimator or damping > 0."
+            )
+        warnings.warn(
+            f"The Hessian is not positive definite (smallest eigenvalue {lam.min():.3g}): "
+            "the parameters are not at a minimum of the objective; influence "
+            "estimates may be unreliable. Consider damping > 0.",
+            UserWarning,
+            stacklevel=4,
+        )
+        self._eig = (lam, V)
+
+    def solve(self, B):
+        """Return ``(H + damping I)^{-1} B`` for ``B`` of shape (p,) or (p, r)."""
+        B = np.asarray(B, dtype=float)
+        if self.solver == "direct":
+            if self._cho is not None:
+                return scipy.linalg.cho_solve(self._cho, B)
+            lam, V = self._eig
+            return V @ ((V.T @ B) / (lam if B.ndim == 1 else lam[:, None]))
+        cols = B.reshape(B.shape[0], -1)
+        out = np.empty_like(cols)
+        for j in range(cols.shape[1]):
+            x, info = cg(self.operator, cols[:, j], rtol=self.cg_rtol, atol=0.0,
+                         maxiter=self.cg_maxiter)
+            if info != 0:
+                residual = np.linalg.norm(self.matvec(x) - cols[:, j])
+                warnings.warn(
+                    f"Conjugate gradients did not converge in {self.cg_maxiter} iterations "
+                    f"(residual norm {residual:.3g}, right-hand side norm "
+                    f"{np.linalg.norm(cols[:, j]):.3g}). Increase damping if the Hessian "
+                    "is ill-conditioned or indefinite.",
+                    ConvergenceWarning,
+                    stacklevel=3,
+                )
+            out[:, j] = x
+        return out.reshape(B.shape)
+
+
+# --------------------------------------------------------------------------
+# targets
+# --------------------------------------------------------------------------
+def _jacobian(fun, x):
+    """Dense Jacobian of ``fun`` at ``x`` as (m, p), by the cheaper mode."""
+    m = np.size(fun(x))
+    if m <= x.size:
+        return np.reshape(jacobian(fun)(x), (m, x.size))
+    jvp = make_jvp_reversemode(fun)(x)
+    return np.stack([np.ravel(jvp(e)) for e in np.eye(x.size)], axis=1)
+
+
+# --------------------------------------------------------------------------
+# the influence computation
+# --------------------------------------------------------------------------
+def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
+              method="vif", solver="auto", damping=0.0, n_jobs=None, batched=False,
+              loss_if=None, tol=1e-10, max_iter=100, verbose=0):
+    """Influence of removing each unit; the engine behind every ``influence_``.
+
+    Inputs are assumed valid (see :func:`vif` for the checked public entry).
+
+    Parameters
+    ----------
+    target : callable or None
+        ``target(params)``, or ``target(params, weights)`` when
+        ``target_uses_weights``, returning a 1-D array of ``m`` quantities.
+    loss_if : callable or None
+        The loss whose weight derivative ``method="if"`` linearizes (defaults
+        to ``loss``); it must equal ``loss`` at unit weights.
+    """
+    theta = params
+    n = n_samples
+    ones = np.ones(n)
+    lossb = _as_batched(loss, batched)
+
+    if target is None:
+        def quantity(th, w):
+            return th
+    elif target_uses_weights:
+        quantity = target
+    else:
+        def quantity(th, w):
+            return target(th)
+
+    if method == "loo":
+        def refit(chunk):
+            W = _leave_out_weights(chunk, n)
+            P, _, conv = minimize(lossb, np.tile(theta, (len(chunk), 1)), W,
+                                  tol=tol, max_iter=max_iter, damping=0.0)
+            if not conv.all():
+                warnings.warn(f"{(~conv).sum()} leave-one-out refits did not converge "
+                              f"in {max_iter} iterations.", ConvergenceWarning, stacklevel=2)
+            return np.stack([np.ravel(quantity(P[i], W[i])) for i in range(len(chunk))])
+
+        base = np.ravel(quantity(theta, ones))
+        return _map_chunks(refit, units, n, batched, n_jobs, verbose, "refits") - base
+
+    # linearized methods: delta_theta per unit, then mapped through the target
+    J = None if target is None else _jacobian(lambda th: anp.ravel(quantity(th, ones)), theta)
+
+    if method == "newton":
+        def newton(chunk):
+            W = _leave_out_weights(chunk, n)
+            P = np.tile(theta, (len(chunk), 1))
+            g = _batch_grad(lossb, P, W)
+            if solver == "cg" or (solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS):
+                return -np.stack([
+                    HessianSolver(loss, theta, W[i], solver="cg", damping=damping).solve(g[i])
+                    for i in range(len(chunk))])
+            H = _batch_hessians(lossb, P, W) + damping * np.eye(theta.size)
+            return -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+
+        delta = _map_chunks(newton, units, n, batched, n_jobs, verbose, "newton steps")
+        out = delta if J is None else delta @ J.T
+    else:
+        hess = HessianSolver(loss, theta, ones, solver=solver, damping=damping)
+        if method == "vif":
+            g_full = grad(loss)(theta, ones)
+
+            def gradient_change(chunk):
+                W = _leave_out_weights(chunk, n)
+                return g_full - _batch_grad(lossb, np.tile(theta, (len(chunk), 1)), W)
+
+            R = _map_chunks(gradient_change, units, n, batched, n_jobs, verbose, "gradients")
+        else:  # "if": derivative of the gradient in each weight (weight change -1)
+            dgrad_dw = jacobian(lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
+            R = np.stack([dgrad_dw[:, idx].sum(axis=1) for idx in units])
+        if J is None:
+            out = hess.solve(R.T).T
+        elif hess.solver == "cg" and J.shape[0] < R.shape[0]:
+            out = R @ hess.solve(J.T)  # H symmetric: J H^-1 R^T = (H^-1 J^T)^T R^T
+        else:
+            out = hess.solve(R.T).T @ J.T
+
+    if target is not None and target_uses_weights:
+        out = out + _direct_part(quantity, theta, n, units, method)
+    return out
+
+
+def _direct_part(quantity, theta, n, units, method):
+    """Change of a weight-dependent quantity at fixed params."""
+    ones = np.ones(n)
+    if method == "if":
+        dq_dw = _jacobian(lambda w: anp.ravel(quantity(theta, w)), ones)  # (m, n)
+        return -np.stack([dq_dw[:, idx].sum(axis=1) for idx in units])
+    base = np.ravel(quantity(theta, ones))
+    W = _leave_out_weights(units, n)
+    return np.stack([np.ravel(quantity(theta, W[i])) for i in range(len(units))]) - base
+
+
+# --------------------------------------------------------------------------
+# public entry
+# --------------------------------------------------------------------------
+def check_units(units, n_samples, name="units"):
+    """Validate ``units``: None (each sample) or a list of index arrays."""
+    if units is None:
+        return [np.array([i]) for i in range(n_samples)]
+    if isinstance(units, np.ndarray) and units.ndim == 2:
+        units = list(units)
+    if not isinstance(units, (list, tuple)) or len(units) == 0:
+        raise TypeError(f"{name} must be None or a non-empty list of integer index arrays.")
+    out = []
+    for k, idx in enumerate(units):
+        arr = np.atleast_1d(np.asarray(idx))
+        if arr.size == 0:
+            raise ValueError(f"{name}[{k}] is empty.")
+        if arr.dtype == bool:
+            if arr.size != n_samples:
+                raise ValueError(f"Boolean {name}[{k}] must have length n_samples={n_samples}.")
+            arr = np.flatnonzero(arr)
+        elif not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"{name}[{k}] must hold integer indices, got dtype {arr.dtype}.")
+        if arr.min() < 0 or arr.max() >= n_samples:
+            raise ValueError(f"{name}[{k}] has indices outside [0, {n_samples}).")
+        out.append(arr.astype(np.intp))
+    return out
+
+
+def check_choice(value, name, options):
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}.")
+    return value
+
+
+def check_nonnegative(value, name):
+    if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+            or not np.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    return float(value)
+
+
+def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solver="auto",
+        damping=0.0, n_jobs=None, batched=False, verbose=0):
+    r"""Influence of removing training units on the parameters (or a target) of any loss.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(params, weights) -> float`` written with :mod:`autograd.numpy`.
+        ``weights`` has one entry per training sample and ``weights[i] = 0``
+        must give exactly the loss of the data without sample ``i``.
+    params : array-like of shape (n_params,)
+        The fitted parameters, at (or near) a minimum of ``loss(., ones)``.
+        Not modified.
+    n_samples : int
+        Number of training samples (length of ``weights``).
+    target : callable, default=None
+        ``target(params) -> 1-D array`` of ``m`` quantities. ``None`` reports
+        the change of the parameters themselves.
+    method : {"vif", "if", "newton", "loo"}, default="vif"
+        ``"vif"``: the versatile influence function (finite difference of the
+        gradient with the unit's weight set to zero); ``"if"``: the classical
+        infinitesimal influence; ``"newton"``: one Newton step on the objective
+        without the unit, with its own Hessian; ``"loo"``: exact refits,
+        warm-started at ``params``.
+    units : None or list of array-like of int, default=None
+        ``None`` removes each sample alone; otherwise each entry lists the
+        samples removed together.
+    solver : {"auto", "direct", "cg"}, default="auto"
+        ``"direct"`` factorizes the dense Hessian; ``"cg"`` runs conjugate
+        gradients on Hessian-vector products and never forms it; ``"auto"``
+        uses ``"cg"`` from 2000 parameters on.
+    damping : float, default=0.0
+        Added to the Hessian's diagonal; needed when the objective is singular
+        or not convex at ``params``.
+    n_jobs : int, default=None
+        Number of joblib workers over chunks of units (any joblib backend,
+        e.g. Dask or Ray through :func:`joblib.parallel_config`).
+    batched : bool, default=False
+        Set when ``loss`` also accepts params of shape ``(k, n_params)`` with
+        weights ``(k, n_samples)`` and returns ``(k,)`` losses: leave-out
+        gradients, Hessians and refits of ``k`` units are then computed in one
+        vectorized pass.
+    verbose : int, default=0
+        Print progress over chunks of units to stderr.
+
+    Returns
+    -------
+    influence : ndarray of shape (n_units, n_params) or (n_units, m)
+        ``influence[u, j]`` estimates ``quantity_j(fit without unit u) -
+        quantity_j(fit on all data)``.
+
+    Notes
+    -----
+    With :math:`H` the Hessian of :math:`L(\cdot, \mathbf 1)` at
+    :math:`\hat\theta` and :math:`w^{(-u)}` the unit weights with the unit's
+    entries set to zero,
+
+    .. math::
+
+        \Delta\theta_u^{\mathrm{vif}} = H^{-1}\big(\nabla L(\hat\theta; \mathbf 1)
+            - \nabla L(\hat\theta; w^{(-u)})\big), \qquad
+        \Delta\theta_u^{\mathrm{if}} = H^{-1} \sum_{i \in u}
+            \frac{\partial \nabla L(\hat\theta; w)}{\partial w_i}\Big|_{w=\mathbf 1},
+
+    .. math::
+
+        \Delta\theta_u^{\mathrm{newton}} = -H_{-u}^{-1}\nabla L(\hat\theta; w^{(-u)}),
+
+    with :math:`H_{-u}` the Hessian of the objective without the unit. A target
+    :math:`f` maps as :math:`\Delta f_u \approx \nabla f(\hat\theta)^\top
+    \Delta\theta_u`; ``"loo"`` reports :math:`f(\theta_{-u}) - f(\hat\theta)`.
+
+    Examples
+    --------
+    Mean of a sample as the minimizer of a squared loss: removing sample
+    ``i`` moves the mean by ``(mean - x_i) / (n - 1)``.
+
+    >>> import numpy as np
+    >>> import autograd.numpy as anp
+    >>> from skvif import vif
+    >>> x = np.array([1.0, 2.0, 3.0, 10.0])
+    >>> loss = lambda m, w: 0.5 * anp.sum(w * (x - m[0]) ** 2)
+    >>> vif(loss, [x.mean()], 4, method="loo").ravel().round(4)
+    array([ 1.    ,  0.6667,  0.3333, -2.    ])
+    """
+    if not callable(loss):
+        raise TypeError(f"loss must be callable, got {type(loss).__name__}.")
+    theta = np.array(params, dtype=float)  # a copy: the user's array is never touched
+    if theta.ndim != 1 or theta.size == 0:
+        raise ValueError(f"params must be a non-empty 1-D array, got shape {theta.shape}.")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("params contains NaN or infinite values.")
+    if (not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool)
+            or n_samples < 1):
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    check_choice(method, "method", METHODS)
+    check_choice(solver, "solver", SOLVERS)
+    damping = check_nonnegative(damping, "damping")
+    units = check_units(units, int(n_samples))
+    if target is not None and not callable(target):
+        raise TypeError(f"target must be None or callable, got {type(target).__name__}.")
+    ones = np.ones(n_samples)
+    try:
+        value = loss(theta, ones)
+    except Exception as exc:  # the user's code: say where it failed
+        raise ValueError(f"loss(params, ones(n_samples)) raised {exc!r}") from exc
+    if np.ndim(value) != 0 or not np.isfinite(value):
+        raise ValueError(f"loss(params, weights) must return a finite scalar, got {value!r}.")
+    if target is not None:
+        value = np.asarray(target(theta))
+        if value.ndim != 1 or not np.all(np.isfinite(value)):
+            raise ValueError("target(params) must return a finite 1-D array.")
+    return influence(loss, theta, int(n_samples), units, target=target, method=method,
+                     solver=solver, damping=damping, n_jobs=n_jobs, batched=bool(batched),
+                     verbose=verbose)
