@@ -1,0 +1,512 @@
+"""``CoxPHInfluence``: a Cox proportional hazards model that explains itself."""
+
+import warnings
+from functools import partial
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+from lifelines.utils import concordance_index
+from scipy import stats
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import (_check_sample_weight, check_is_fitted,
+                                      validate_data)
+
+from .._base import (check_influence_options, feature_names, row_labels,
+                     units_from_groups)
+from .._engine import HessianSolver, check_choice, check_units, influence, minimize
+from ._objective import (RiskSets, breslow_cumulative_hazard,
+                         negative_log_partial_likelihood, survival_probabilities)
+
+__all__ = ["CoxPHInfluence", "check_survival_y"]
+
+TARGETS = ("coef", "predict", "survival", "loss")
+
+
+def check_survival_y(y, n_samples=None):
+    """Read survival outcomes as ``(event, time)`` arrays.
+
+    Parameters
+    ----------
+    y : structured array, array-like of shape (n, 2) or DataFrame
+        A structured array with a boolean event field then a float time field
+        (as ``sksurv.util.Surv.from_arrays(event, time)`` makes; any names), or
+        two columns ``[time, event]``.
+    n_samples : int, default=None
+        Expected number of rows.
+
+    Returns
+    -------
+    event : ndarray of bool
+    time : ndarray of float
+    """
+    if y is None:
+        raise ValueError("y is required: survival outcomes (event indicator and time).")
+    names = getattr(getattr(y, "dtype", None), "names", None)
+    if names is not None:
+        if len(names) != 2:
+            raise ValueError(f"Structured y must have 2 fields (event, time), got {names}.")
+        event, time = np.asarray(y[names[0]]), np.asarray(y[names[1]])
+    else:
+        arr = y.to_numpy() if hasattr(y, "to_numpy") else np.asarray(y)
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise ValueError(
+                "y must be a structured array (event, time) as sksurv.util.Surv makes, "
+                f"or 2 columns [time, event]; got shape {arr.shape}.")
+        time, event = arr[:, 0], arr[:, 1]
+    try:
+        time = np.asarray(time, dtype=float)
+        event_float = np.asarray(event, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"Survival times and event indicators must be numeric: {exc}") from None
+    if not np.all(np.isin(event_float, (0.0, 1.0))):
+        raise ValueError("The event indicator must be boolean or 0/1.")
+    if not np.all(np.isfinite(time)):
+        raise ValueError("Survival times contain NaN or infinite values.")
+    if np.any(time < 0):
+        raise ValueError("Survival times must be non-negative.")
+    if n_samples is not None and time.shape[0] != n_samples:
+        raise ValueError(f"y has {time.shape[0]} rows but X has {n_samples}.")
+    event = event_float.astype(bool)
+    if not event.any():
+        raise ValueError("All observations are censored: at least one event is needed.")
+    return event, time
+
+
+def _optional_rows(values, n_samples, name, dtype=None):
+    if values is None:
+        return None
+    arr = np.asarray(values.to_numpy() if hasattr(values, "to_numpy") else values, dtype=dtype)
+    if arr.ndim != 1 or arr.shape[0] != n_samples:
+        raise ValueError(f"{name} must have one value per row ({n_samples}), got shape "
+                         f"{arr.shape}.")
+    return arr
+
+
+def _unit_loss(params, weights, *, X, risk_sets, ties, alpha, case_weights, smooth=False):
+    """The engine's view: unit weights multiply the case weights."""
+    return negative_log_partial_likelihood(
+        params, case_weights * weights, X, risk_sets, ties, alpha,
+        count_weights=case_weights if smooth else None)
+
+
+def _survival_target(params, weights, *, X, risk_sets, case_weights, X_new, strata_new, times):
+    return np.ravel(survival_probabilities(params, case_weights * weights, X, risk_sets,
+                                           X_new, strata_new, times))
+
+
+def _linear_target(params, *, X_new):
+    return X_new @ params
+
+
+def _test_loss_target(params, *, X, risk_sets, ties):
+    return negative_log_partial_likelihood(params, np.ones(X.shape[0]), X, risk_sets,
+                                           ties)[None]
+
+
+class CoxPHInfluence(BaseEstimator):
+    r"""Cox proportional hazards model with influence diagnostics.
+
+    Fits the Cox model by Newton's method and reports how each training row (or
+    group of rows) moves the coefficients, predictions, survival curves or a
+    test loss when removed, without refitting.
+
+    Parameters
+    ----------
+    ties : {"efron", "breslow"}, default="efron"
+        How tied event times are handled.
+    alpha : float, default=0.0
+        Ridge penalty on the coefficients, see Notes.
+    tol : float, default=1e-9
+        Newton's method stops once a full step changes no coefficient by more
+        than ``tol * (1 + max |coef|)``.
+    max_iter : int, default=100
+        Maximum number of Newton iterations.
+
+    Attributes
+    ----------
+    coef_ : ndarray of shape (n_features,)
+        Log hazard ratios.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features,)
+        Defined when ``X`` had string column names.
+    n_iter_ : int
+        Newton iterations used.
+    baseline_cumulative_hazard_ : pandas.DataFrame
+        Breslow baseline cumulative hazard at ``x = 0``, indexed by event time,
+        one column per stratum.
+    log_likelihood_ : float
+        Log partial likelihood at ``coef_`` (penalty excluded).
+
+    Notes
+    -----
+    The objective, for weights :math:`w` (case weights) and the tie groups
+    :math:`g` of distinct event times (within each stratum), is
+
+    .. math::
+
+        J(\beta) = -\sum_g \Big[\sum_{i \in D_g} w_i x_i^\top\beta - \bar w_g
+            \sum_{k=0}^{d_g - 1}\log\Big(\sum_{j \in R_g} w_j e^{x_j^\top\beta}
+            - \tfrac{k}{d_g}\sum_{j \in D_g} w_j e^{x_j^\top\beta}\Big)\Big]
+            + \frac{\alpha}{2}\lVert\beta\rVert^2,
+
+    summed (not averaged) over rows, with :math:`D_g` the :math:`d_g` tied
+    deaths, :math:`\bar w_g` their mean weight and :math:`R_g` the rows at risk
+    (``entry < t_g <= time`` in the same stratum). Breslow drops the
+    :math:`k/d_g` term. Removing a row for ``"vif"``, ``"newton"`` and ``"loo"``
+    deletes it exactly: it leaves its risk sets and its tie group (so
+    :math:`d_g` drops by one). ``"if"`` differentiates R's weighted likelihood,
+    where :math:`d_g` stays fixed, so that ``-influence_(method="if")`` is R's
+    ``residuals(fit, type="dfbeta")``.
+
+    **Mapping to lifelines.** lifelines' ``CoxPHFitter(penalizer=c)`` (with
+    ``l1_ratio=0``) maximizes :math:`\ell(\tilde\beta) - \tfrac{n c}{2}
+    \lVert\tilde\beta\rVert^2` on columns standardized by their sample standard
+    deviation :math:`s_j` (``ddof=1``), i.e. a ridge with :math:`\alpha_j = n c
+    s_j^2` in original units. On columns with :math:`s_j = 1`,
+    ``CoxPHInfluence(alpha=n * c)`` fits the same coefficients.
+
+    **Sign.** ``influence_`` reports the change *upon removal*,
+    :math:`\hat\beta_{(-i)} - \hat\beta`; lifelines' ``delta_beta`` residuals and
+    R's ``dfbeta`` report :math:`\hat\beta - \hat\beta_{(-i)}`.
+
+    Examples
+    --------
+    >>> from lifelines.datasets import load_rossi
+    >>> from skvif import CoxPHInfluence
+    >>> rossi = load_rossi()
+    >>> X, y = rossi.drop(columns=["week", "arrest"]), rossi[["week", "arrest"]]
+    >>> cox = CoxPHInfluence().fit(X, y)
+    >>> cox.coef_.round(3)
+    array([-0.379, -0.057,  0.314, -0.15 , -0.434, -0.085,  0.091])
+    >>> cox.influence_(as_frame=True).shape
+    (432, 7)
+    """
+
+    _parameter_constraints = {
+        "ties": [StrOptions({"efron", "breslow"})],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, *, ties="efron", alpha=0.0, tol=1e-9, max_iter=100):
+        self.ties = ties
+        self.alpha = alpha
+        self.tol = tol
+        self.max_iter = max_iter
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y, sample_weight=None, *, strata=None, entry=None):
+        """Fit the Cox model.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : structured array, array-like of shape (n_samples, 2) or DataFrame
+            Event indicator and time, see :func:`check_survival_y`.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Case weights (R's ``weights``); must be non-negative.
+        strata : array-like of shape (n_samples,), default=None
+            Stratum label per row: a separate baseline hazard and separate
+            risk sets per stratum, shared coefficients.
+        entry : array-like of shape (n_samples,), default=None
+            Delayed entry (left truncation) times: a row is at risk on
+            ``(entry, time]``. Start-stop rows of one subject are this, with
+            the subject id passed as ``groups`` to :meth:`influence_`.
+
+        Returns
+        -------
+        self : CoxPHInfluence
+        """
+        self._validate_params()
+        labels = row_labels(X)
+        X = validate_data(self, X, dtype=float, ensure_min_samples=2)
+        n = X.shape[0]
+        event, time = check_survival_y(y, n)
+        case_weights = _check_sample_weight(sample_weight, X, dtype=float, ensure_non_negative=True)
+        strata = _optional_rows(strata, n, "strata")
+        if strata is not None:
+            self._strata_labels, strata = np.unique(strata, return_inverse=True)
+        else:
+            self._strata_labels = None
+        entry = _optional_rows(entry, n, "entry", dtype=float)
+        if entry is not None:
+            if not np.all(np.isfinite(entry)):
+                raise ValueError("entry contains NaN or infinite values.")
+            if np.any(entry >= time):
+                raise ValueError("entry must be strictly before time on every row.")
+        if not np.any(event & (case_weights > 0)):
+            raise ValueError("No event has a positive sample weight.")
+
+        self._mean = X.mean(axis=0)
+        self._X = X - self._mean
+        self._time, self._event, self._case_weights = time, event, case_weights
+        self._strata, self._entry = strata, entry
+        self._row_labels = labels
+        self._risk_sets = RiskSets(time, event, entry, strata)
+
+        loss = self._loss()
+        P, n_iter, converged = minimize(
+            loss, np.zeros((1, X.shape[1])), np.ones((1, n)),
+            tol=self.tol, max_iter=self.max_iter)
+        self.coef_ = P[0]
+        self.n_iter_ = int(n_iter[0])
+        if not converged[0]:
+            warnings.warn(f"Newton's method did not converge in {self.max_iter} iterations; "
+                          "increase max_iter or set a ridge penalty alpha.",
+                          ConvergenceWarning, stacklevel=2)
+        spread = self.coef_ * self._X.std(axis=0)
+        if np.any(np.abs(spread) > 15):
+            warnings.warn(
+                "Some coefficients are very large (a change of one standard deviation "
+                "multiplies the hazard by more than exp(15)): the partial likelihood is "
+                "probably monotone (a covariate separates events from non-events). "
+                "Set a ridge penalty alpha.", ConvergenceWarning, stacklevel=2)
+        self.log_likelihood_ = -float(negative_log_partial_likelihood(
+            self.coef_, case_weights, self._X, self._risk_sets, self.ties))
+        self.baseline_cumulative_hazard_ = self._baseline_frame()
+        return self
+
+    def _loss(self, smooth=False):
+        return partial(_unit_loss, X=self._X, risk_sets=self._risk_sets, ties=self.ties,
+                       alpha=self.alpha, case_weights=self._case_weights, smooth=smooth)
+
+    def _baseline_frame(self):
+        rs = self._risk_sets
+        jumps, shift = breslow_cumulative_hazard(self.coef_, self._case_weights, self._X, rs)
+        jumps = jumps * np.exp(-shift[0] - self._mean @ self.coef_)  # at x = 0
+        columns = {}
+        for s in range(rs.n_strata):
+            in_s = rs.group_stratum == s
+            name = ("baseline cumulative hazard" if self._strata_labels is None
+                    else self._strata_labels[s])
+            columns[name] = pd.Series(np.cumsum(jumps[in_s]), index=rs.group_time[in_s])
+        frame = pd.DataFrame(columns).sort_index().ffill().fillna(0.0)
+        frame.index.name = "time"
+        return frame
+
+    # -------------------------------------------------------------- predict
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, dtype=float, reset=False)
+
+    def predict(self, X):
+        """Linear predictor ``X @ coef_`` (higher means higher risk).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        risk_score : ndarray of shape (n_samples,)
+        """
+        return self._validate_X(X) @ self.coef_
+
+    def score(self, X, y):
+        """Harrell's concordance index of ``predict(X)`` with the outcomes ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : structured array, array-like of shape (n_samples, 2) or DataFrame
+
+        Returns
+        -------
+        cindex : float
+        """
+        risk = self.predict(X)
+        event, time = check_survival_y(y, risk.shape[0])
+        return concordance_index(time, -risk, event)
+
+    def _strata_codes(self, strata, n_rows):
+        if self._strata_labels is None:
+            if strata is not None:
+                raise ValueError("The model was fitted without strata; do not pass strata.")
+            return np.zeros(n_rows, dtype=np.intp)
+        if strata is None:
+            raise ValueError("The model was fitted with strata: pass the stratum of each row.")
+        strata = _optional_rows(strata, n_rows, "strata")
+        codes = np.searchsorted(self._strata_labels, strata)
+        codes = np.minimum(codes, len(self._strata_labels) - 1)
+        if np.any(self._strata_labels[codes] != strata):
+            raise ValueError("strata contains labels not seen during fit.")
+        return codes
+
+    @staticmethod
+    def _check_times(times):
+        if times is None:
+            raise ValueError("times is required for survival predictions.")
+        times = np.atleast_1d(np.asarray(times, dtype=float))
+        if times.ndim != 1 or not np.all(np.isfinite(times)):
+            raise ValueError("times must be a 1-D array of finite values.")
+        return times
+
+    def predict_survival_function(self, X, times, *, strata=None):
+        """Survival probabilities ``S(t | x) = exp(-H0(t) exp(x @ coef_))``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        times : array-like of shape (n_times,)
+        strata : array-like of shape (n_samples,), default=None
+            Stratum of each row; required when the model has strata.
+
+        Returns
+        -------
+        survival : ndarray of shape (n_samples, n_times)
+            With the Breslow estimate :math:`H_0` of the baseline cumulative
+            hazard.
+        """
+        X = self._validate_X(X)
+        codes = self._strata_codes(strata, X.shape[0])
+        return survival_probabilities(self.coef_, self._case_weights, self._X,
+                                      self._risk_sets, X - self._mean, codes,
+                                      self._check_times(times))
+
+    # ------------------------------------------------------------ influence
+    def influence_(self, X=None, y=None, *, target="coef", method="vif", groups=None,
+                   times=None, strata=None, as_frame=False, solver="auto", damping=0.0,
+                   n_jobs=None, verbose=0):
+        r"""Estimated change of a fitted quantity when each training row is removed.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features), default=None
+            Rows to predict on, for ``target="predict"``, ``"survival"`` and
+            ``"loss"``.
+        y : structured array or array-like of shape (n_rows, 2), default=None
+            Outcomes of ``X``, for ``target="loss"``.
+        target : {"coef", "predict", "survival", "loss"}, default="coef"
+            ``"coef"``: the coefficients, ``(n_units, n_features)``;
+            ``"predict"``: ``predict(X)``, ``(n_units, n_rows)``;
+            ``"survival"``: ``predict_survival_function(X, times)``,
+            ``(n_units, n_rows, n_times)``, including the baseline hazard's
+            own dependence on the removed row; ``"loss"``: the negative log
+            partial likelihood of ``(X, y)``, ``(n_units,)``.
+        method : {"vif", "if", "newton", "loo"}, default="vif"
+            See :func:`skvif.vif`. ``"loo"`` refits exactly (slow).
+        groups : array-like of shape (n_samples,), default=None
+            A label per training row; a unit is then a whole group, and the
+            result's rows follow ``np.unique(groups)``.
+        times : array-like of shape (n_times,), default=None
+            Times for ``target="survival"``.
+        strata : array-like of shape (n_rows,), default=None
+            Strata of ``X`` for ``target="survival"`` (and of ``(X, y)`` for
+            ``"loss"``) when the model has strata.
+        as_frame : bool, default=False
+            Return a pandas DataFrame (a Series for ``"loss"``) indexed by the
+            training row labels (or group labels), with columns named after
+            the features (``"coef"``), the rows of ``X`` (``"predict"``) or
+            (row, time) pairs (``"survival"``).
+        solver : {"auto", "direct", "cg"}, default="auto"
+        damping : float, default=0.0
+        n_jobs : int, default=None
+            joblib workers over chunks of units.
+        verbose : int, default=0
+            Print progress to stderr.
+
+        Returns
+        -------
+        influence : ndarray or pandas object
+            ``influence[u]`` estimates ``quantity(fit without u) -
+            quantity(fit on all rows)``.
+        """
+        check_is_fitted(self)
+        check_choice(target, "target", TARGETS)
+        damping = check_influence_options(method, solver, damping)
+        n = self._X.shape[0]
+        units, group_labels = units_from_groups(groups, n)
+        units = check_units(units, n)
+        loss = self._loss()
+
+        spec = {"target": None}
+        columns = feature_names(self)
+        if target != "coef":
+            if X is None:
+                raise ValueError(f"target={target!r} needs X.")
+            labels = row_labels(X)
+            X_new = self._validate_X(X) - self._mean
+            columns = labels
+            if target == "predict":
+                spec["target"] = partial(_linear_target, X_new=X_new)
+            elif target == "survival":
+                times = self._check_times(times)
+                spec = {"target": partial(
+                    _survival_target, X=self._X, risk_sets=self._risk_sets,
+                    case_weights=self._case_weights, X_new=X_new,
+                    strata_new=self._strata_codes(strata, X_new.shape[0]), times=times),
+                    "target_uses_weights": True}
+                columns = pd.MultiIndex.from_product([labels, times], names=["row", "time"])
+            else:
+                event, time = check_survival_y(y, X_new.shape[0])
+                codes = None if self._strata_labels is None else self._strata_codes(
+                    strata, X_new.shape[0])
+                spec["target"] = partial(_test_loss_target, X=X_new, ties=self.ties,
+                                         risk_sets=RiskSets(time, event, None, codes))
+        result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
+                           damping=damping, n_jobs=n_jobs, batched=True,
+                           loss_if=self._loss(smooth=True), tol=self.tol,
+                           max_iter=self.max_iter, verbose=verbose, **spec)
+        index = group_labels if group_labels is not None else self._row_labels
+        if target == "loss":
+            result = result[:, 0]
+            return pd.Series(result, index=index, name="loss") if as_frame else result
+        if as_frame:
+            return pd.DataFrame(result, index=index, columns=columns)
+        if target == "survival":
+            return result.reshape(len(units), X_new.shape[0], len(times))
+        return result
+
+    # -------------------------------------------------------------- summary
+    def summary(self, *, robust=False, groups=None, ci=0.95):
+        """Coefficient table with standard errors, like lifelines' ``summary``.
+
+        Parameters
+        ----------
+        robust : bool, default=False
+            Use the sandwich variance ``D.T @ D``, with ``D`` the infinitesimal
+            influence of each row (R's ``robust=TRUE``), instead of the inverse
+            Hessian.
+        groups : array-like of shape (n_samples,), default=None
+            With ``robust=True``, collapse the influence by group first (R's
+            ``cluster()``).
+        ci : float, default=0.95
+            Confidence level of the intervals.
+
+        Returns
+        -------
+        summary : pandas.DataFrame
+            Indexed by feature, with columns ``coef``, ``exp(coef)``,
+            ``se(coef)``, ``coef lower 95%``, ``coef upper 95%``, ``z``, ``p``.
+        """
+        check_is_fitted(self)
+        if not 0 < ci < 1:
+            raise ValueError(f"ci must be in (0, 1), got {ci!r}.")
+        if robust:
+            D = self.influence_(method="if", groups=groups)
+            cov = D.T @ D
+        else:
+            if groups is not None:
+                raise ValueError("groups is only used with robust=True.")
+            p = self.coef_.size
+            hess = HessianSolver(self._loss(), self.coef_, np.ones(self._X.shape[0]),
+                                 solver="direct")
+            cov = hess.solve(np.eye(p))
+        se = np.sqrt(np.diag(cov))
+        z = self.coef_ / se
+        q = stats.norm.ppf(0.5 + ci / 2)
+        pct = f"{100 * ci:g}%"
+        return pd.DataFrame({
+            "coef": self.coef_, "exp(coef)": np.exp(self.coef_), "se(coef)": se,
+            f"coef lower {pct}": self.coef_ - q * se, f"coef upper {pct}": self.coef_ + q * se,
+            "z": z, "p": 2 * stats.norm.sf(np.abs(z)),
+        }, index=feature_names(self).rename("covariate"))
