@@ -76,14 +76,15 @@ def _leave_out_weights(units, n_samples, base=None):
     return W
 
 
-def _chunks(units, n_samples, batched):
-    size = max(1, _CHUNK_ELEMENTS // max(n_samples, 1)) if batched else 64
+def _chunks(units, n_samples, batched, size=None):
+    if size is None:
+        size = max(1, _CHUNK_ELEMENTS // max(n_samples, 1)) if batched else 64
     return [(start, units[start:start + size]) for start in range(0, len(units), size)]
 
 
-def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label):
+def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=None):
     """Apply ``func(chunk_units)`` to chunks of units and stack the results."""
-    chunks = _chunks(units, n_samples, batched)
+    chunks = _chunks(units, n_samples, batched, size)
     if n_jobs is not None and n_jobs != 1 and len(chunks) > 1:
         results = Parallel(n_jobs=n_jobs, verbose=10 if verbose else 0)(
             delayed(func)(chunk) for _, chunk in chunks
@@ -278,7 +279,8 @@ def _jacobian(fun, x):
 # --------------------------------------------------------------------------
 def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
               method="vif", solver="auto", damping=0.0, n_jobs=None, batched=False,
-              loss_if=None, tol=1e-10, max_iter=100, verbose=0):
+              loss_if=None, tol=1e-10, max_iter=100, verbose=0, grad_change=None,
+              hess_change=None):
     """Influence of removing each unit; the engine behind every ``influence_``.
 
     Inputs are assumed valid (see :func:`vif` for the checked public entry).
@@ -291,6 +293,17 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     loss_if : callable or None
         The loss whose weight derivative ``method="if"`` linearizes (defaults
         to ``loss``); it must equal ``loss`` at unit weights.
+    grad_change : callable or None
+        Optional fast path for losses where a unit touches few terms (e.g.
+        one query of a ranking loss): ``grad_change(units_chunk)`` returns the
+        ``(k, p)`` array of ``grad L(params; 1) - grad L(params; w^(-u))`` for
+        the ``k`` units of a chunk. ``"vif"`` and ``"newton"`` then use it
+        instead of the generic batched leave-out gradients; it must agree with
+        them (the estimator's tests check this).
+    hess_change : callable or None
+        Likewise ``(k, p, p)`` arrays of ``H(params; 1) - H(params; w^(-u))``;
+        with ``grad_change`` it lets ``"newton"`` (dense solver) avoid
+        evaluating the full loss once per unit.
     """
     theta = params
     n = n_samples
@@ -322,7 +335,25 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     # linearized methods: delta_theta per unit, then mapped through the target
     J = None if target is None else _jacobian(lambda th: anp.ravel(quantity(th, ones)), theta)
 
-    if method == "newton":
+    # chunk size of the local fast paths: at most about _CHUNK_ELEMENTS numbers
+    # in a chunk's (k, p, p) Hessian changes
+    local_size = max(1, _CHUNK_ELEMENTS // (theta.size * theta.size))
+    dense = solver == "direct" or (solver == "auto" and theta.size < AUTO_CG_MIN_PARAMS)
+
+    if method == "newton" and grad_change is not None and hess_change is not None and dense:
+        g_full = grad(loss)(theta, ones)
+        H_full = _batch_hessians(lossb, theta[None], ones[None])[0]
+        H_full = H_full + damping * np.eye(theta.size)
+
+        def local_newton(chunk):
+            g = g_full - grad_change(chunk)
+            H = H_full - hess_change(chunk)
+            return -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+
+        delta = _map_chunks(local_newton, units, n, batched, n_jobs, verbose, "newton steps",
+                            size=local_size)
+        out = delta if J is None else delta @ J.T
+    elif method == "newton":
         def newton(chunk):
             W = _leave_out_weights(chunk, n)
             P = np.tile(theta, (len(chunk), 1))
@@ -338,7 +369,10 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         out = delta if J is None else delta @ J.T
     else:
         hess = HessianSolver(loss, theta, ones, solver=solver, damping=damping)
-        if method == "vif":
+        if method == "vif" and grad_change is not None:
+            R = _map_chunks(grad_change, units, n, batched, n_jobs, verbose, "gradients",
+                            size=local_size)
+        elif method == "vif":
             g_full = grad(loss)(theta, ones)
 
             def gradient_change(chunk):
