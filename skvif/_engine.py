@@ -270,8 +270,10 @@ def _jacobian(fun, x):
     m = np.size(fun(x))
     if m <= x.size:
         return np.reshape(jacobian(fun)(x), (m, x.size))
-    jvp = make_jvp_reversemode(fun)(x)
-    return np.stack([np.ravel(jvp(e)) for e in np.eye(x.size)], axis=1)
+    with warnings.catch_warnings():  # autograd warns spuriously on the transpose trick
+        warnings.filterwarnings("ignore", "Output seems independent of input")
+        jvp = make_jvp_reversemode(fun)(x)
+        return np.stack([np.ravel(jvp(e)) for e in np.eye(x.size)], axis=1)
 
 
 # --------------------------------------------------------------------------

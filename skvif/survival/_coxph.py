@@ -4,6 +4,7 @@ import warnings
 from functools import partial
 from numbers import Integral, Real
 
+import autograd.numpy as anp
 import numpy as np
 import pandas as pd
 from lifelines.utils import concordance_index
@@ -93,7 +94,7 @@ def _unit_loss(params, weights, *, X, risk_sets, ties, alpha, case_weights, smoo
 
 
 def _survival_target(params, weights, *, X, risk_sets, case_weights, X_new, strata_new, times):
-    return np.ravel(survival_probabilities(params, case_weights * weights, X, risk_sets,
+    return anp.ravel(survival_probabilities(params, case_weights * weights, X, risk_sets,
                                            X_new, strata_new, times))
 
 
@@ -437,7 +438,7 @@ class CoxPHInfluence(BaseEstimator):
             X_new = self._validate_X(X) - self._mean
             columns = labels
             if target == "predict":
-                spec["target"] = partial(_linear_target, X_new=X_new)
+                spec["target"] = partial(_linear_target, X_new=X_new + self._mean)
             elif target == "survival":
                 times = self._check_times(times)
                 spec = {"target": partial(
