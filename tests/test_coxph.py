@@ -365,3 +365,24 @@ def test_inputs_not_modified_and_errors():
         model.influence_(target="predict")
     with pytest.raises(ValueError, match="groups"):
         model.influence_(groups=[1, 2])
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+@pytest.mark.parametrize("with_strata", [False, True])
+def test_fast_gradient_changes_equal_the_generic_engine(ties, with_strata):
+    from autograd import grad as agrad
+
+    from skvif._engine import _batch_grad, _leave_out_weights
+    from skvif.survival._fast import gradient_changes
+
+    X, time, event, strata, _ = tied_data(n=300, seed=4)
+    X[7] += 3.0  # an outlying risk score takes the exact branch
+    w = np.random.default_rng(5).uniform(0.5, 2.0, size=300)
+    w[11] = 0.0
+    model = CoxPHInfluence(ties=ties).fit(X, np.c_[time, event], sample_weight=w,
+                                          strata=strata if with_strata else None)
+    loss, n = model._loss(), 300
+    generic = agrad(loss)(model.coef_, np.ones(n)) - _batch_grad(
+        loss, np.tile(model.coef_, (n, 1)), _leave_out_weights([[i] for i in range(n)], n))
+    fast = gradient_changes(model.coef_, model._X, model._risk_sets, w, ties)
+    np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-10 * np.abs(generic).max())

@@ -18,6 +18,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_is_fitted,
 from .._base import (check_influence_options, feature_names, row_labels,
                      units_from_groups)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
+from ._fast import gradient_changes
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
 
@@ -96,6 +97,10 @@ def _unit_loss(params, weights, *, X, risk_sets, ties, alpha, case_weights, smoo
 def _survival_target(params, weights, *, X, risk_sets, case_weights, X_new, strata_new, times):
     return anp.ravel(survival_probabilities(params, case_weights * weights, X, risk_sets,
                                            X_new, strata_new, times))
+
+
+def _rows_of(changes, units):
+    return changes[np.concatenate(units)]
 
 
 def _linear_target(params, *, X_new):
@@ -453,6 +458,11 @@ class CoxPHInfluence(BaseEstimator):
                     strata, X_new.shape[0])
                 spec["target"] = partial(_test_loss_target, X=X_new, ties=self.ties,
                                          risk_sets=RiskSets(time, event, None, codes))
+        if method == "vif" and groups is None and self._entry is None:
+            # exact leave-one-row-out gradient changes of every row in O(n p)
+            changes = gradient_changes(self.coef_, self._X, self._risk_sets,
+                                       self._case_weights, self.ties)
+            spec["grad_change"] = partial(_rows_of, changes)
         result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
                            damping=damping, n_jobs=n_jobs, batched=True,
                            loss_if=self._loss(smooth=True), tol=self.tol,
