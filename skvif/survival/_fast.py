@@ -14,7 +14,8 @@ mean and ``c_k`` the slot weight. ``1 / (a - r)`` is expanded as a geometric
 series in ``r / a``, whose partial sums over a row's risk interval are prefix
 sums; slots where ``r / a`` is not small (the last, nearly empty risk sets, and
 rows with an outlying risk score) are summed exactly in chunks. The row's own
-tie group (when it dies) is recomputed exactly. The result equals the generic
+tie group (when it dies) is recomputed exactly, its Efron sum over the
+remaining tied deaths in closed form with the digamma function. The result equals the generic
 path to rounding (tests check 1e-10).
 
 Only right-censored data (no delayed entry) take this path: with entry times
@@ -23,6 +24,7 @@ differences would cancel catastrophically.
 """
 
 import numpy as np
+from scipy.special import digamma
 
 __all__ = ["gradient_changes"]
 
@@ -63,25 +65,17 @@ def _own_group_change(rs, X, w, r, S0, S1, D0, D1, W, n_present, ties, a, m, c, 
         safe = np.where(rest > 0, s0, 1.0)
         after = np.where((rest > 0)[:, None], rest[:, None] * s1 / safe[:, None], 0.0)
     else:
-        d_new = n_present[gid].astype(np.intp) - 1
-        d0, d1 = D0[gid] - ru, D1[:, gid].T - ru[:, None] * xu
-        after = np.zeros_like(before)
-        # pairs (death, k) with k < d_new, in chunks
-        starts = np.concatenate([[0], np.cumsum(d_new)])
-        for lo in range(0, dead.size, max(1, _CHUNK // max(int(d_new.max()), 1))):
-            hi = min(dead.size, lo + max(1, _CHUNK // max(int(d_new.max()), 1)))
-            counts = d_new[lo:hi]
-            owner = np.repeat(np.arange(lo, hi), counts)
-            if owner.size == 0:
-                continue
-            k = np.arange(owner.size) - (starts[lo:hi] - starts[lo]).repeat(counts)
-            frac = k / d_new[owner]
-            num = s1[owner] - frac[:, None] * d1[owner]
-            den = s0[owner] - frac * d0[owner]
-            terms = num / den[:, None] * (rest[owner] / d_new[owner])[:, None]
-            sums = np.zeros((hi - lo, p))
-            np.add.at(sums, owner - lo, terms)
-            after[lo:hi] = sums
+        # sum_{k < d'} (s1 - f_k d1) / (s0 - f_k d0), f_k = k / d', in closed form:
+        # sum_k 1 / (s0 - f_k d0) = (d' / d0) (psi(z + 1) - psi(z - d' + 1)), z = d' s0 / d0
+        d_new = n_present[gid] - 1
+        some = d_new > 0
+        d0 = np.where(some, D0[gid] - ru, 1.0)
+        d1 = D1[:, gid].T - ru[:, None] * xu
+        z = d_new * s0 / d0
+        inv_sum = np.where(some, d_new / d0 * (digamma(z + 1) - digamma(z - d_new + 1)), 0.0)
+        frac_sum = np.where(some, (s0 * inv_sum - d_new) / d0, 0.0)
+        mean_weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
+        after = mean_weight[:, None] * (s1 * inv_sum[:, None] - d1 * frac_sum[:, None])
     out[dead] = -wu[:, None] * xu + before - after
     return out
 
