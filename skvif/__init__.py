@@ -1,7 +1,8 @@
 """skvif: versatile influence functions for non-decomposable losses."""
 
 from ._engine import vif
+from .ranking import ListwiseRankerInfluence
 from .survival import CoxPHInfluence
 
 __version__ = "0.1.0"
-__all__ = ["vif", "CoxPHInfluence"]
+__all__ = ["vif", "CoxPHInfluence", "ListwiseRankerInfluence"]

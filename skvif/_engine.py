@@ -282,7 +282,7 @@ def _jacobian(fun, x):
 def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
               method="vif", solver="auto", damping=0.0, n_jobs=None, batched=False,
               loss_if=None, tol=1e-10, max_iter=100, verbose=0, grad_change=None,
-              hess_change=None):
+              hess_change=None, saddle_free=False):
     """Influence of removing each unit; the engine behind every ``influence_``.
 
     Inputs are assumed valid (see :func:`vif` for the checked public entry).
@@ -306,6 +306,12 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         Likewise ``(k, p, p)`` arrays of ``H(params; 1) - H(params; w^(-u))``;
         with ``grad_change`` it lets ``"newton"`` (dense solver) avoid
         evaluating the full loss once per unit.
+    saddle_free : bool
+        For non-convex objectives, whose leave-out Hessian ``H_{-u} = V Lambda V^T``
+        can be indefinite at ``params``: ``"newton"`` (generic dense path) then
+        takes the saddle-free step ``-V (|Lambda| + damping)^{-1} V^T g``, a
+        descent direction of length at most ``|g| / damping``, instead of
+        ``-(H_{-u} + damping I)^{-1} g``.
     """
     theta = params
     n = n_samples
@@ -364,6 +370,11 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
                 return -np.stack([
                     HessianSolver(loss, theta, W[i], solver="cg", damping=damping).solve(g[i])
                     for i in range(len(chunk))])
+            if saddle_free:
+                lam, V = np.linalg.eigh(_batch_hessians(lossb, P, W))
+                floor = 1e-10 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
+                coords = np.einsum("kij,ki->kj", V, g) / np.maximum(np.abs(lam) + damping, floor)
+                return -np.einsum("kij,kj->ki", V, coords)
             H = _batch_hessians(lossb, P, W) + damping * np.eye(theta.size)
             return -np.linalg.solve(H, g[:, :, None])[:, :, 0]
 

@@ -14,9 +14,9 @@ import autograd.numpy as anp
 import numpy as np
 from autograd import grad
 from autograd.tracer import getval
-from scipy import sparse
 
-__all__ = ["Lists", "list_losses", "objective", "query_losses", "LocalChanges"]
+__all__ = ["LOSSES", "Lists", "list_losses", "objective", "query_weighted_objective",
+           "query_losses", "test_losses", "LocalChanges"]
 
 LOSSES = ("listnet", "listmle")
 
@@ -52,6 +52,12 @@ class Lists:
     row order (a stable sort): ListMLE's permutation. Deleting a row does not
     change the relative order of the others, so a zero weight on a position
     is the same as deleting the row.
+
+    The layout holds ``n_queries * max_items`` positions: about ``n_samples``
+    when queries have similar sizes, but one very long query among many
+    short ones pads every list to its length. Per-list sums (the softmax
+    normalizers and ListMLE's suffix log-sum-exps) run along the last axis,
+    so no sum ever mixes two queries and no ``n x n`` array is formed.
     """
 
     def __init__(self, X, y, qid):
@@ -72,9 +78,14 @@ class Lists:
         self.valid[row_query, position] = 1.0
         self.labels = np.zeros((n_queries, width))
         self.labels[row_query, position] = y
-        self.X = np.zeros((n_queries * width, X.shape[1]))
-        self.X[row_query * width + position] = X
-        self._XT = np.ascontiguousarray(self.X.T)
+        # stored transposed: the scores' product and its derivatives are
+        # fastest with a C-contiguous (n_features, n_queries * max_items)
+        self._XT = np.zeros((X.shape[1], n_queries * width))
+        self._XT[:, row_query * width + position] = X.T
+
+    @property
+    def X(self):
+        return self._XT.T
 
     def scores(self, params):
         """Padded scores ``(..., n_queries, max_items)`` for params ``(..., p)``."""
@@ -123,7 +134,7 @@ def list_losses(S, W, Y, loss):
     z = anp.where(present, S - _stop_max(getval(S), present), 0.0)
     e = W * anp.exp(z)
     if loss == "listnet":
-        num = W * np.where(present, np.exp(Y - _stop_max(Y, present)), 0.0)
+        num = W * np.exp(np.where(present, Y - _stop_max(Y, present), 0.0))
         den = anp.sum(num, axis=-1, keepdims=True)
         p = num / (den + (getval(den) <= 0))
         total = anp.sum(e, axis=-1, keepdims=True)
@@ -147,6 +158,20 @@ def objective(params, weights, *, lists, loss, alpha):
     """
     per_query = query_losses(params, weights, lists=lists, loss=loss)
     return anp.sum(per_query, axis=-1) + 0.5 * alpha * anp.sum(params ** 2, axis=-1)
+
+
+def query_weighted_objective(params, weights, *, lists, loss, alpha):
+    """``sum_q wbar_q l_q(X_q w) + alpha/2 ||w||^2``, ``wbar_q`` the mean row weight of q.
+
+    The conventional case-weighted objective over queries, for ``method="if"``
+    with ``unit="query"``: equal to :func:`objective` at unit weights, and
+    smooth in a query's common weight (the within-list weights of
+    :func:`objective` leave a ListNet query's gradient unchanged when all of
+    its items are scaled together, so they cannot linearize a query's removal).
+    """
+    per_query = query_losses(params, np.ones(lists.n_samples), lists=lists, loss=loss)
+    wbar = anp.sum(lists.weights(weights), axis=-1) / np.sum(lists.valid, axis=-1)
+    return anp.sum(wbar * per_query, axis=-1) + 0.5 * alpha * anp.sum(params ** 2, axis=-1)
 
 
 def test_losses(params, *, lists, loss):
