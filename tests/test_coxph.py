@@ -386,3 +386,15 @@ def test_fast_gradient_changes_equal_the_generic_engine(ties, with_strata):
         loss, np.tile(model.coef_, (n, 1)), _leave_out_weights([[i] for i in range(n)], n))
     fast = gradient_changes(model.coef_, model._X, model._risk_sets, w, ties)
     np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-10 * np.abs(generic).max())
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_fast_newton_equals_the_generic_engine(ties):
+    from skvif._engine import influence
+
+    X, time, event, strata, _ = tied_data(n=200, seed=6)
+    model = CoxPHInfluence(ties=ties).fit(X, np.c_[time, event], strata=strata)
+    fast = model.influence_(method="newton")
+    generic = influence(model._loss(), model.coef_, 200, [[i] for i in range(200)],
+                        method="newton", batched=True)
+    np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-10 * np.abs(generic).max())

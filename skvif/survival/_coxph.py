@@ -18,7 +18,7 @@ from sklearn.utils.validation import (_check_sample_weight, check_is_fitted,
 from .._base import (check_influence_options, feature_names, row_labels,
                      units_from_groups)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
-from ._fast import gradient_changes
+from ._fast import gradient_changes, hessian_changes
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
 
@@ -219,7 +219,9 @@ class CoxPHInfluence(BaseEstimator):
         y : structured array, array-like of shape (n_samples, 2) or DataFrame
             Event indicator and time, see :func:`check_survival_y`.
         sample_weight : array-like of shape (n_samples,), default=None
-            Case weights (R's ``weights``); must be non-negative.
+            Case weights with R's semantics (``coxph(..., weights=)``): weighted
+            risk sets, and with Efron ties each tied death carries the mean
+            weight of its tie group. Must be non-negative.
         strata : array-like of shape (n_samples,), default=None
             Stratum label per row: a separate baseline hazard and separate
             risk sets per stratum, shared coefficients.
@@ -458,11 +460,12 @@ class CoxPHInfluence(BaseEstimator):
                     strata, X_new.shape[0])
                 spec["target"] = partial(_test_loss_target, X=X_new, ties=self.ties,
                                          risk_sets=RiskSets(time, event, None, codes))
-        if method == "vif" and groups is None and self._entry is None:
-            # exact leave-one-row-out gradient changes of every row in O(n p)
-            changes = gradient_changes(self.coef_, self._X, self._risk_sets,
-                                       self._case_weights, self.ties)
-            spec["grad_change"] = partial(_rows_of, changes)
+        if method in ("vif", "newton") and groups is None and self._entry is None:
+            # exact leave-one-row-out gradient (and Hessian) changes of every row in O(n p)
+            args = (self.coef_, self._X, self._risk_sets, self._case_weights, self.ties)
+            spec["grad_change"] = partial(_rows_of, gradient_changes(*args))
+            if method == "newton":
+                spec["hess_change"] = partial(_rows_of, hessian_changes(*args))
         result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
                            damping=damping, n_jobs=n_jobs, batched=True,
                            loss_if=self._loss(smooth=True), tol=self.tol,
@@ -485,11 +488,15 @@ class CoxPHInfluence(BaseEstimator):
         ----------
         robust : bool, default=False
             Use the sandwich variance ``D.T @ D``, with ``D`` the infinitesimal
-            influence of each row (R's ``robust=TRUE``), instead of the inverse
-            Hessian.
+            influence of each row, ``influence_(method="if")`` (R's
+            ``robust=TRUE``), instead of the inverse Hessian. ``-D`` is R's
+            ``residuals(fit, type="dfbeta")``: ``w_i U_i H^{-1}`` with ``U_i``
+            the score residual and ``w_i`` the case weight, so ``D.T @ D =
+            H^{-1} (sum_i w_i^2 U_i U_i^T) H^{-1}``, exactly R's robust
+            variance with or without case weights.
         groups : array-like of shape (n_samples,), default=None
-            With ``robust=True``, collapse the influence by group first (R's
-            ``cluster()``).
+            With ``robust=True``, sum the influence over the rows of each group
+            first (R's ``cluster()``; for start-stop data, the subject id).
         ci : float, default=0.95
             Confidence level of the intervals.
 
@@ -497,7 +504,16 @@ class CoxPHInfluence(BaseEstimator):
         -------
         summary : pandas.DataFrame
             Indexed by feature, with columns ``coef``, ``exp(coef)``,
-            ``se(coef)``, ``coef lower 95%``, ``coef upper 95%``, ``z``, ``p``.
+            ``se(coef)``, ``coef lower 95%``, ``coef upper 95%``, ``z``, ``p``
+            (Wald statistics on the normal distribution, as R and lifelines).
+
+        Notes
+        -----
+        The non-robust standard errors are those of R's ``fit$var``: the
+        inverse Hessian of the case-weighted negative log partial likelihood
+        (plus ``alpha`` on its diagonal). The test suite checks both kinds
+        against R's published output (Efron and Breslow, strata, delayed
+        entry, case weights, ``cluster()``).
         """
         check_is_fitted(self)
         if not 0 < ci < 1:

@@ -1,0 +1,181 @@
+"""Speed of Cox influence next to the alternatives, measured in one run.
+
+Usage: ``python benchmarks/bench_cox.py [section ...]`` with sections
+``rossi``, ``delta_beta`` (n=10,000), ``refits`` (n=2,000), ``large`` (n=100,000),
+``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all.
+Every section prints its own ratios; nothing here is asserted.
+"""
+
+import sys
+import time
+import tracemalloc
+import warnings
+
+import autograd.numpy as anp
+import numpy as np
+import pandas as pd
+from _data import survival_data
+from lifelines import CoxPHFitter
+from lifelines.datasets import load_rossi
+
+from skvif import CoxPHInfluence, vif
+
+warnings.filterwarnings("ignore")
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def peak_mib(fn, *args, **kwargs):
+    """Peak memory allocated while ``fn`` runs (numpy allocations are traced)."""
+    tracemalloc.start()
+    try:
+        out = fn(*args, **kwargs)
+        return out, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def lifelines_fit(X, time_, event):
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
+    frame["T"], frame["E"] = time_, event
+    return CoxPHFitter().fit(frame, "T", "E"), frame
+
+
+def pearson(a, b):
+    return np.corrcoef(np.ravel(a), np.ravel(b))[0, 1]
+
+
+def rossi():
+    print("== Rossi (432 rows, 7 covariates): all-rows influence vs brute-force refits ==")
+    df = load_rossi()
+    X, y = df.drop(columns=["week", "arrest"]), df[["week", "arrest"]]
+    model, t_fit = timed(CoxPHInfluence().fit, X, y)
+    print(f"skvif fit                         {t_fit:8.3f} s")
+    results = {}
+    for method in ["vif", "if", "newton", "loo"]:
+        results[method], t = timed(model.influence_, method=method)
+        print(f"skvif influence_ method={method:7s}  {t:8.3f} s")
+        if method == "vif":
+            t_vif = t
+    start = time.perf_counter()
+    base = CoxPHFitter().fit(df, "week", "arrest").params_.to_numpy()
+    refits = np.array([CoxPHFitter().fit(df.drop(index=u), "week", "arrest").params_.to_numpy()
+                       for u in df.index]) - base
+    t_refit = time.perf_counter() - start
+    print(f"lifelines: {len(df)} refits          {t_refit:8.3f} s  = {t_refit / t_vif:7.0f} x vif")
+    for method in ["vif", "if", "newton"]:
+        r = [pearson(results[method][:, j], results["loo"][:, j]) for j in range(7)]
+        print(f"  {method:6s} vs exact refits: Pearson min over coefficients {min(r):.5f}, "
+              f"max |err| {np.abs(results[method] - results['loo']).max():.2e} "
+              f"(max |change| {np.abs(results['loo']).max():.3f})")
+    print(f"  skvif loo vs lifelines refits: max |diff| {np.abs(results['loo'] - refits).max():.1e}")
+
+
+def delta_beta():
+    n, p = 10_000, 20
+    print(f"\n== n={n}, p={p}, tied times: fit + all-rows influence vs lifelines fit + delta_beta ==")
+    X, time_, event = survival_data(n, p)
+    y = np.c_[time_, event]
+
+    def ours():
+        return CoxPHInfluence().fit(X, y).influence_()
+
+    (_, t_ours) = timed(ours)
+    (_, mem) = peak_mib(ours)
+
+    def theirs():
+        cph, frame = lifelines_fit(X, time_, event)
+        return cph.compute_residuals(frame, "delta_beta")
+
+    _, t_theirs = timed(theirs)
+    print(f"skvif fit + influence_ (vif)              {t_ours:7.2f} s, peak traced memory {mem:6.0f} MiB")
+    print(f"lifelines fit + compute_residuals(delta_beta) {t_theirs:7.2f} s")
+    print(f"ratio skvif / lifelines = {t_ours / t_theirs:.2f}")
+
+
+def refits():
+    n, p, sample = 2_000, 10, 20
+    print(f"\n== n={n}, p={p}: all-rows vif vs brute-force lifelines refits ({sample} timed, scaled) ==")
+    X, time_, event = survival_data(n, p, seed=1)
+    model = CoxPHInfluence().fit(X, np.c_[time_, event])
+    _, t_vif = timed(model.influence_)
+    _, frame = lifelines_fit(X, time_, event)
+    start = time.perf_counter()
+    for u in range(sample):
+        CoxPHFitter().fit(frame.drop(index=u), "T", "E")
+    t_all = (time.perf_counter() - start) / sample * n
+    print(f"skvif all-rows vif          {t_vif:8.3f} s")
+    print(f"lifelines refits (scaled)   {t_all:8.1f} s   = {t_all / t_vif:7.0f} x vif")
+
+
+def large():
+    n, p = 100_000, 20
+    print(f"\n== n={n}, p={p}: all-rows influence, time and peak memory ==")
+    X, time_, event = survival_data(n, p, seed=2, n_times=1000)
+    model, t_fit = timed(CoxPHInfluence().fit, X, np.c_[time_, event])
+    print(f"fit                {t_fit:7.2f} s")
+    for method in ["vif", "if"]:
+        start = time.perf_counter()
+        _, mem = peak_mib(model.influence_, method=method)
+        print(f"influence_ {method:4s}    {time.perf_counter() - start:7.2f} s   "
+              f"peak traced memory {mem:6.0f} MiB")
+
+
+def newton():
+    n, p = 2_000, 10
+    print(f"\n== n={n}, p={p}: method='newton' vs 'vif' for all rows ==")
+    X, time_, event = survival_data(n, p, seed=3)
+    model = CoxPHInfluence().fit(X, np.c_[time_, event])
+    _, t_vif = timed(model.influence_, method="vif")
+    _, t_newton = timed(model.influence_, method="newton")
+    print(f"vif {t_vif:.3f} s, newton {t_newton:.3f} s, ratio newton / vif = {t_newton / t_vif:.1f}")
+
+
+def solvers():
+    print("\n== dense factorization vs CG on Hessian-vector products, as p grows ==")
+    print("   (ridge logistic loss, n=300, influence of 10 rows on one prediction)")
+    rng = np.random.default_rng(0)
+    n = 300
+    for p in [100, 400, 1000, 2000, 3000]:
+        A = rng.normal(size=(n, p)) / np.sqrt(p)
+        labels = np.sign(A @ rng.normal(size=p) + 0.5 * rng.normal(size=n))
+        x_new = rng.normal(size=p)
+
+        def loss(theta, w):
+            margin = labels * anp.dot(A, theta.T).T
+            return anp.sum(w * anp.logaddexp(0.0, -margin), axis=-1) + 0.5 * anp.sum(
+                theta * theta, axis=-1)
+
+        theta = np.zeros(p)
+        for _ in range(20):  # Newton on the full data for the optimum
+            s = 1 / (1 + np.exp(labels * (A @ theta)))
+            g = -A.T @ (labels * s) + theta
+            H = (A.T * (s * (1 - s))) @ A + np.eye(p)
+            theta -= np.linalg.solve(H, g)
+        units = [[i] for i in range(10)]
+
+        def target(t):
+            return anp.dot(x_new, t)[None]
+
+        times = {}
+        for solver in ["direct", "cg"]:
+            out, times[solver] = timed(vif, loss, theta, n, target=target, units=units,
+                                       solver=solver, batched=True)
+            times[solver + "_out"] = out
+        _, t_auto = timed(vif, loss, theta, n, target=target, units=units, batched=True)
+        agree = np.abs(times["direct_out"] - times["cg_out"]).max()
+        print(f"p={p:5d}: direct {times['direct']:7.3f} s, cg {times['cg']:7.3f} s, "
+              f"auto {t_auto:7.3f} s; direct/cg = {times['direct'] / times['cg']:6.2f}; "
+              f"max |direct - cg| {agree:.1e}")
+
+
+SECTIONS = {"rossi": rossi, "delta_beta": delta_beta, "refits": refits, "large": large,
+            "newton": newton, "solvers": solvers}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or SECTIONS:
+        SECTIONS[name]()
