@@ -26,48 +26,87 @@ def _load(args):
     return frame, args.duration, args.event, args.data
 
 
+def _design_columns(frame, args, duration, event):
+    """Check the optional role columns; return them and the covariate frame."""
+    roles = {"--strata": args.strata, "--entry": args.entry, "--id": args.id,
+             "--weights": args.weights}
+    used = [c for c in roles.values() if c is not None]
+    missing = [c for c in used if c not in frame.columns]
+    if missing:
+        raise ValueError(f"column(s) {', '.join(missing)} not in the data; "
+                         f"columns are: {', '.join(map(str, frame.columns))}.")
+    reserved = [duration, event] + used
+    if len(set(reserved)) != len(reserved):
+        raise ValueError("the duration, event, --strata, --entry, --id and --weights "
+                         "columns must all be different.")
+    for flag in ("--entry", "--weights"):
+        col = roles[flag]
+        if col is not None and not pd.api.types.is_numeric_dtype(frame[col]):
+            raise ValueError(f"the {flag} column {col!r} must be numeric.")
+    if frame[reserved].isna().any().any():
+        raise ValueError("the data contain missing values; drop or impute them first.")
+    return frame.drop(columns=reserved)
+
+
 def cox(args, out=sys.stdout):
-    """Fit, print the coefficients and the most influential rows."""
+    """Fit, print the coefficients and the most influential rows (or subjects)."""
     from .survival import CoxPHInfluence
 
     frame, duration, event, source = _load(args)
     if args.top < 0:
         raise ValueError("--top must be >= 0.")
-    X = frame.drop(columns=[duration, event])
+    X = _design_columns(frame, args, duration, event)
     non_numeric = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
     if non_numeric:
         raise ValueError(f"non-numeric covariate column(s): {', '.join(non_numeric)}; "
                          "encode them as numbers first.")
     if X.shape[1] == 0:
         raise ValueError("no covariate columns besides the duration and event columns.")
-    if X.isna().any().any() or frame[[duration, event]].isna().any().any():
+    if X.isna().any().any():
         raise ValueError("the data contain missing values; drop or impute them first.")
-    model = CoxPHInfluence().fit(X, frame[[duration, event]])
-    influence = model.influence_(as_frame=True)
-    summary = model.summary()
+    column = (lambda name: None if name is None else frame[name])
+    model = CoxPHInfluence().fit(X, frame[[duration, event]], column(args.weights),
+                                 strata=column(args.strata), entry=column(args.entry))
+    groups = column(args.id)
+    # with --id a unit is a subject (all its rows), and the standard errors are
+    # R's robust ones clustered by subject (coxph(..., cluster(id)))
+    influence = model.influence_(as_frame=True, groups=groups)
+    summary = model.summary(robust=groups is not None, groups=groups)
 
-    # rank rows by a Cook's-distance-like size: the change in the coefficients
-    # measured in their own (inverse-covariance) metric, per coefficient
+    # rank units by a Cook's-distance-like size: the change in the coefficients
+    # measured in their own standard errors, root mean square over coefficients
     se = summary["se(coef)"].to_numpy()
     size = np.sqrt(np.mean((influence.to_numpy() / se) ** 2, axis=1))
     top = np.argsort(-size, kind="stable")[:args.top]
+    unit = "rows" if groups is None else f"subjects ({args.id})"
 
     with pd.option_context("display.width", 200, "display.max_columns", 50):
+        design = "".join(f", {label} {name}" for label, name in
+                         (("strata", args.strata), ("entry", args.entry),
+                          ("weights", args.weights), ("id", args.id)) if name)
         print(f"Cox model on {source}: {len(frame)} rows, {int(frame[event].sum())} events, "
-              f"{model.n_iter_} Newton iterations", file=out)
-        print("\nCoefficients:", file=out)
+              f"{model.n_iter_} Newton iterations{design}", file=out)
+        title = ("Coefficients (robust standard errors clustered by "
+                 f"{args.id}):" if groups is not None else "Coefficients:")
+        print(f"\n{title}", file=out)
         print(summary.round(4).to_string(), file=out)
         if len(top):
-            print(f"\nThe {len(top)} most influential rows (influence = change of each "
-                  "coefficient if the row were removed; size = RMS of those changes in "
+            print(f"\nThe {len(top)} most influential {unit} (influence = change of each "
+                  "coefficient if removed; size = RMS of those changes in "
                   "standard errors):", file=out)
-            rows = frame.iloc[top].copy()
-            rows.insert(0, "size", size[top])
             changes = influence.iloc[top].add_prefix("Δ ")
-            print(pd.concat([rows, changes], axis=1).round(4).to_string(), file=out)
+            if groups is None:
+                rows = frame.iloc[top].copy()
+                rows.insert(0, "size", size[top])
+                table = pd.concat([rows, changes], axis=1)
+            else:
+                table = changes.copy()
+                table.insert(0, "size", size[top])
+                table.index.name = args.id
+            print(table.round(4).to_string(), file=out)
     if args.out:
-        influence.assign(size=size).to_csv(args.out, index_label="row")
-        print(f"\nWrote the influence of all {len(frame)} rows to {args.out}", file=out)
+        influence.assign(size=size).to_csv(args.out, index_label=args.id or "row")
+        print(f"\nWrote the influence of all {len(influence)} {unit} to {args.out}", file=out)
 
 
 def main(argv=None):
@@ -80,6 +119,14 @@ def main(argv=None):
     p.add_argument("--event", help="name of the event column (1 = event, 0 = censored)")
     p.add_argument("--top", type=int, default=10, help="how many rows to show (default 10)")
     p.add_argument("--out", help="write every row's influence to this CSV file")
+    p.add_argument("--strata", metavar="COL",
+                   help="stratum column: a baseline hazard per stratum (R strata())")
+    p.add_argument("--entry", metavar="COL",
+                   help="delayed-entry (start) time column: at risk on (entry, duration]")
+    p.add_argument("--id", metavar="COL",
+                   help="subject / cluster id column: influence per subject and robust "
+                        "standard errors clustered by it (R cluster())")
+    p.add_argument("--weights", metavar="COL", help="case weight column (R weights=)")
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():

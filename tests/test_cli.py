@@ -58,3 +58,44 @@ def test_bad_input_is_one_line_error(tmp_path):
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert res.stderr.startswith("skvif: error:")
         assert "Traceback" not in res.stderr
+
+
+def test_strata_entry_id_weights(tmp_path):
+    # start-stop data: one subject per id, robust standard errors clustered by id
+    from lifelines.datasets import load_stanford_heart_transplants
+
+    heart = load_stanford_heart_transplants()
+    heart["w"] = 1.0 + (heart.index % 3) / 2
+    path, out = tmp_path / "heart.csv", tmp_path / "influence.csv"
+    heart.to_csv(path, index=False)
+    res = run("cox", "--data", str(path), "--duration", "stop", "--event", "event",
+              "--entry", "start", "--strata", "transplant", "--id", "id", "--weights", "w",
+              "--top", "3", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    X = heart[["age", "year", "surgery"]]
+    model = CoxPHInfluence().fit(X, heart[["stop", "event"]], heart.w, entry=heart.start,
+                                 strata=heart.transplant)
+    robust = model.summary(robust=True, groups=heart.id)
+    lines = res.stdout.splitlines()
+    row = [line for line in lines if line.startswith("surgery")][0].split()
+    assert float(row[3]) == round(robust.loc["surgery", "se(coef)"], 4)
+    # the coefficient table comes before the influential subjects
+    assert lines.index(next(x for x in lines if x.startswith("surgery"))) < \
+        lines.index(next(x for x in lines if "most influential subjects" in x))
+    written = pd.read_csv(out, index_col="id")
+    assert list(written.index) == sorted(heart.id.unique())
+    np.testing.assert_allclose(written[["age", "year", "surgery"]].to_numpy(),
+                               model.influence_(groups=heart.id), rtol=1e-10)
+
+
+def test_bad_role_columns_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"t": [1, 2, 3, 4], "e": [1, 0, 1, 1], "x": [0.1, 0.5, 0.2, 0.9],
+                  "s": ["a", "b", "a", "b"], "g": [1, 1, 2, 2]}).to_csv(bad, index=False)
+    base = ("cox", "--data", str(bad), "--duration", "t", "--event", "e")
+    for extra in (("--strata", "nope"), ("--entry", "s"), ("--weights", "s"),
+                  ("--id", "t"), ("--entry", "t")):
+        res = run(*base, *extra)
+        assert res.returncode != 0, extra
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert res.stderr.startswith("skvif: error:")
