@@ -2,13 +2,37 @@
 
 import numpy as np
 import pandas as pd
+from sklearn.utils.validation import _num_samples
 
 from ._engine import METHODS, SOLVERS, check_choice, check_nonnegative
 
 
 def row_labels(X):
     """Index of a DataFrame, else ``0..n-1``."""
-    return X.index if hasattr(X, "index") and hasattr(X, "columns") else pd.RangeIndex(len(X))
+    if hasattr(X, "index") and hasattr(X, "columns"):
+        return X.index
+    return pd.RangeIndex(_num_samples(X))  # any array-like, also without __len__
+
+
+def check_numeric_columns(X, name="X"):
+    """Name the columns of a DataFrame that cannot be read as numbers.
+
+    scikit-learn's own conversion error quotes an offending value but not its
+    column; a statistician's data frame needs the column named.
+    """
+    if not (hasattr(X, "columns") and hasattr(X, "dtypes")):
+        return
+    bad = []
+    for column, dtype in zip(X.columns, X.dtypes):
+        if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            continue
+        try:
+            np.asarray(X[column], dtype=float)
+        except (TypeError, ValueError):
+            bad.append(str(column))
+    if bad:
+        raise ValueError(f"{name} has non-numeric column(s): {', '.join(bad)}; encode them "
+                         "as numbers first (e.g. one-hot or ordinal codes).")
 
 
 def units_from_groups(groups, n_samples, name="groups"):

@@ -34,8 +34,14 @@ SOLVERS = ("auto", "direct", "cg")
 # Above this many parameters ``solver="auto"`` uses conjugate gradients on
 # Hessian-vector products instead of a dense factorization.
 AUTO_CG_MIN_PARAMS = 2000
+# Conjugate gradients usually need about this many Hessian-vector products per
+# right-hand side; a dense Hessian costs p of them plus a factorization.
+_CG_PRODUCTS_PER_SOLVE = 50
 # Leave-out problems evaluated together hold about this many weights at once.
 _CHUNK_ELEMENTS = 2**21
+# A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
+# is treated as singular.
+_SINGULAR_RCOND = 1e-12
 
 
 # --------------------------------------------------------------------------
@@ -129,10 +135,11 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0):
 
     Notes
     -----
-    The Newton direction uses the absolute values of the Hessian's eigenvalues
-    (floored at ``1e-10`` times the largest), so it is a descent direction even
-    where the objective is not convex; each step is halved until the objective
-    does not increase.
+    The Newton direction uses the absolute values of the eigenvalues of the
+    Jacobi-scaled Hessian ``D^-1/2 H D^-1/2`` (``D`` its diagonal; floored at
+    ``1e-10`` times the largest), so it does not depend on the units of the
+    parameters and is a descent direction even where the objective is not
+    convex; each step is halved until the objective does not increase.
     """
     P = np.array(P0, dtype=float)
     k, p = P.shape
@@ -146,10 +153,15 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0):
         Pa, Wa, fa = P[act], W[act], f[act]
         g = _batch_grad(lossb, Pa, Wa)
         H = _batch_hessians(lossb, Pa, Wa) + damping * np.eye(p)
-        lam, V = np.linalg.eigh(H)
+        # eigendecomposition of the Jacobi-scaled Hessian D^-1/2 H D^-1/2, so that the
+        # eigenvalue floor does not depend on the units of the parameters (features
+        # in very different units would otherwise slow Newton to a crawl)
+        d = np.sqrt(np.abs(np.diagonal(H, axis1=1, axis2=2)))
+        d = np.where(d > 0, d, 1.0)
+        lam, V = np.linalg.eigh(H / (d[:, :, None] * d[:, None, :]))
         floor = 1e-10 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
-        coords = np.einsum("kij,ki->kj", V, g) / np.maximum(np.abs(lam), floor)
-        step = -np.einsum("kij,kj->ki", V, coords)
+        coords = np.einsum("kij,ki->kj", V, g / d) / np.maximum(np.abs(lam), floor)
+        step = -np.einsum("kij,kj->ki", V, coords) / d
         t = np.ones(act.size)
         accepted = np.zeros(act.size, dtype=bool)
         f_new = fa.copy()
@@ -213,19 +225,34 @@ class HessianSolver:
         return self._hvp(self.params, v) + self.damping * v
 
     def _factor(self, H):
+        # singularity is judged on the Jacobi-scaled Hessian D^-1/2 H D^-1/2, so that
+        # the units of the features do not matter; a Cholesky factorization can
+        # succeed on an exactly singular H through rounding, hence the rcond check
+        scale = np.sqrt(np.abs(np.diag(H)))
+        scale = np.where(scale > 0, scale, 1.0)
+        scaled = H / np.outer(scale, scale)
         try:
             self._cho = scipy.linalg.cho_factor(H)
-            return
+            rcond, _ = scipy.linalg.lapack.dpocon(np.triu(self._cho[0]) / scale,
+                                                  np.abs(scaled).sum(axis=0).max())
+            if rcond > _SINGULAR_RCOND:
+                return
         except np.linalg.LinAlgError:
-            self._cho = None
+            pass
+        self._cho = None
         lam, V = np.linalg.eigh(H)
-        largest = np.max(np.abs(lam))
-        if not np.all(np.isfinite(lam)) or np.min(np.abs(lam)) <= 1e-12 * max(largest, 1e-300):
+        lam_scaled = np.linalg.eigvalsh(scaled) if np.all(np.isfinite(scaled)) else lam
+        largest = np.max(np.abs(lam_scaled))
+        if (not np.all(np.isfinite(lam)) or np.min(np.abs(lam_scaled))
+                <= _SINGULAR_RCOND * max(largest, 1e-300)):
             raise ValueError(
                 "The Hessian of the objective is singular at the fitted parameters "
                 "(collinear features, or a flat direction of the objective). "
                 "Set a ridge penalty (alpha) on the estimator or damping > 0."
             )
+        self._eig = (lam, V)
+        if lam.min() > 0:  # positive definite, merely ill-conditioned
+            return
         warnings.warn(
             f"The Hessian is not positive definite (smallest eigenvalue {lam.min():.3g}): "
             "the parameters are not at a minimum of the objective; influence "
@@ -262,6 +289,13 @@ class HessianSolver:
         return out.reshape(B.shape)
 
 
+def auto_solver(n_params, n_rhs):
+    """``"cg"`` when the solves need fewer Hessian-vector products than forming ``H``."""
+    if n_params >= AUTO_CG_MIN_PARAMS or n_rhs * _CG_PRODUCTS_PER_SOLVE < n_params:
+        return "cg"
+    return "direct"
+
+
 # --------------------------------------------------------------------------
 # targets
 # --------------------------------------------------------------------------
@@ -282,7 +316,7 @@ def _jacobian(fun, x):
 def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
               method="vif", solver="auto", damping=0.0, n_jobs=None, batched=False,
               loss_if=None, tol=1e-10, max_iter=100, verbose=0, grad_change=None,
-              hess_change=None, saddle_free=False):
+              hess_change=None, saddle_free=False, dgrad_dw=None):
     """Influence of removing each unit; the engine behind every ``influence_``.
 
     Inputs are assumed valid (see :func:`vif` for the checked public entry).
@@ -306,6 +340,10 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         Likewise ``(k, p, p)`` arrays of ``H(params; 1) - H(params; w^(-u))``;
         with ``grad_change`` it lets ``"newton"`` (dense solver) avoid
         evaluating the full loss once per unit.
+    dgrad_dw : callable or None
+        A model's fast path for ``method="if"``: ``dgrad_dw()`` returns the
+        ``(p, n)`` derivatives of ``grad loss_if(params; w)`` in each weight at
+        ``w = 1`` (otherwise ``p`` reverse passes of autograd).
     saddle_free : bool
         For non-convex objectives, whose leave-out Hessian ``H_{-u} = V Lambda V^T``
         can be indefinite at ``params``: ``"newton"`` (generic dense path) then
@@ -381,7 +419,9 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         delta = _map_chunks(newton, units, n, batched, n_jobs, verbose, "newton steps")
         out = delta if J is None else delta @ J.T
     else:
-        hess = HessianSolver(loss, theta, ones, solver=solver, damping=damping)
+        n_rhs = len(units) if J is None else min(len(units), J.shape[0])
+        hess = HessianSolver(loss, theta, ones, damping=damping,
+                             solver=auto_solver(theta.size, n_rhs) if solver == "auto" else solver)
         if method == "vif" and grad_change is not None:
             R = _map_chunks(grad_change, units, n, batched, n_jobs, verbose, "gradients",
                             size=local_size)
@@ -394,8 +434,9 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
 
             R = _map_chunks(gradient_change, units, n, batched, n_jobs, verbose, "gradients")
         else:  # "if": derivative of the gradient in each weight (weight change -1)
-            dgrad_dw = jacobian(lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
-            R = np.stack([dgrad_dw[:, idx].sum(axis=1) for idx in units])
+            D = dgrad_dw() if dgrad_dw is not None else jacobian(
+                lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
+            R = np.stack([D[:, idx].sum(axis=1) for idx in units])
         if J is None:
             out = hess.solve(R.T).T
         elif hess.solver == "cg" and J.shape[0] < R.shape[0]:
@@ -490,7 +531,9 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     solver : {"auto", "direct", "cg"}, default="auto"
         ``"direct"`` factorizes the dense Hessian; ``"cg"`` runs conjugate
         gradients on Hessian-vector products and never forms it; ``"auto"``
-        uses ``"cg"`` from 2000 parameters on.
+        uses ``"cg"`` from 2000 parameters on, or when the solves (one per
+        unit or per target value, whichever is fewer) would take fewer than
+        about ``n_params`` Hessian-vector products at 50 per solve.
     damping : float, default=0.0
         Added to the Hessian's diagonal; needed when the objective is singular
         or not convex at ``params``.
@@ -547,7 +590,10 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     """
     if not callable(loss):
         raise TypeError(f"loss must be callable, got {type(loss).__name__}.")
-    theta = np.array(params, dtype=float)  # a copy: the user's array is never touched
+    try:
+        theta = np.array(params, dtype=float)  # a copy: the user's array is never touched
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"params must be a 1-D array of numbers: {exc}") from None
     if theta.ndim != 1 or theta.size == 0:
         raise ValueError(f"params must be a non-empty 1-D array, got shape {theta.shape}.")
     if not np.all(np.isfinite(theta)):

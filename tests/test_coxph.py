@@ -398,3 +398,20 @@ def test_fast_newton_equals_the_generic_engine(ties):
     generic = influence(model._loss(), model.coef_, 200, [[i] for i in range(200)],
                         method="newton", batched=True)
     np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-10 * np.abs(generic).max())
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_fast_weight_derivatives_equal_autograd(ties):
+    from autograd import grad as agrad
+    from autograd import jacobian
+
+    from skvif.survival._fast import weight_derivatives
+
+    X, time, event, strata, entry = tied_data(n=150, seed=7)
+    w = np.random.default_rng(8).uniform(0.5, 2.0, size=150)
+    model = CoxPHInfluence(ties=ties).fit(X, np.c_[time, event], sample_weight=w,
+                                          strata=strata, entry=entry)
+    loss = model._loss(smooth=True)
+    generic = jacobian(lambda u: agrad(loss)(model.coef_, u))(np.ones(150))
+    fast = weight_derivatives(model.coef_, model._X, model._risk_sets, w, ties)
+    np.testing.assert_allclose(fast, generic, rtol=0, atol=1e-10 * np.abs(generic).max())

@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (_check_sample_weight, _num_samples, check_is_fitted,
                                       validate_data)
 
-from .._base import check_influence_options, feature_names, row_labels
+from .._base import check_influence_options, check_numeric_columns, feature_names, row_labels
 from .._engine import check_choice, check_units, influence, minimize
 from ._objective import (LOSSES, LocalChanges, Lists, objective, query_weighted_objective,
                          test_losses)
@@ -43,6 +43,9 @@ def _check_qid(qid, n_samples):
 
 
 def _check_labels(y, n_samples):
+    if y is None:
+        raise ValueError("y is required: relevance labels, one per row; this estimator "
+                         "requires y to be passed, but the target y is None.")
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != n_samples:
         raise ValueError(f"y must have one relevance label per row of X ({n_samples} rows), "
@@ -203,6 +206,7 @@ class ListwiseRankerInfluence(BaseEstimator):
         n = _num_samples(X)
         y = _check_labels(y, n)
         qid = _check_qid(qid, n)
+        check_numeric_columns(X)
         X = validate_data(self, X, dtype=float, copy=True)
         self._row_labels = labels
         self._lists = Lists(X, y, qid)  # the training data, kept for influence_
@@ -225,6 +229,7 @@ class ListwiseRankerInfluence(BaseEstimator):
     # -------------------------------------------------------------- predict
     def _validate_X(self, X):
         check_is_fitted(self)
+        check_numeric_columns(X)
         return validate_data(self, X, dtype=float, reset=False)
 
     def predict(self, X):

@@ -15,10 +15,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted,
                                       validate_data)
 
-from .._base import (check_influence_options, feature_names, row_labels,
-                     units_from_groups)
+from .._base import (check_influence_options, check_numeric_columns, feature_names,
+                     row_labels, units_from_groups)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
-from ._fast import gradient_changes, hessian_changes
+from ._fast import gradient_changes, hessian_changes, weight_derivatives
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
 
@@ -45,7 +45,8 @@ def check_survival_y(y, n_samples=None):
     time : ndarray of float
     """
     if y is None:
-        raise ValueError("y is required: survival outcomes (event indicator and time).")
+        raise ValueError("y is required: survival outcomes (event indicator and time); "
+                         "this estimator requires y to be passed, but the target y is None.")
     names = getattr(getattr(y, "dtype", None), "names", None)
     if names is not None:
         if len(names) != 2:
@@ -236,6 +237,7 @@ class CoxPHInfluence(BaseEstimator):
         """
         self._validate_params()
         labels = row_labels(X)
+        check_numeric_columns(X)
         X = validate_data(self, X, dtype=float, ensure_min_samples=2)
         n = X.shape[0]
         event, time = check_survival_y(y, n)
@@ -304,6 +306,7 @@ class CoxPHInfluence(BaseEstimator):
     # -------------------------------------------------------------- predict
     def _validate_X(self, X):
         check_is_fitted(self)
+        check_numeric_columns(X)
         return validate_data(self, X, dtype=float, reset=False)
 
     def predict(self, X):
@@ -466,6 +469,9 @@ class CoxPHInfluence(BaseEstimator):
             spec["grad_change"] = partial(_rows_of, gradient_changes(*args))
             if method == "newton":
                 spec["hess_change"] = partial(_rows_of, hessian_changes(*args))
+        if method == "if":  # R's dfbeta by prefix sums, O(n p)
+            spec["dgrad_dw"] = partial(weight_derivatives, self.coef_, self._X,
+                                       self._risk_sets, self._case_weights, self.ties)
         result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
                            damping=damping, n_jobs=n_jobs, batched=True,
                            loss_if=self._loss(smooth=True), tol=self.tol,

@@ -26,7 +26,7 @@ differences would cancel catastrophically.
 import numpy as np
 from scipy.special import digamma
 
-__all__ = ["gradient_changes", "hessian_changes"]
+__all__ = ["gradient_changes", "hessian_changes", "weight_derivatives"]
 
 _RATIO = 0.1        # series terms are used only where r / a <= _RATIO
 _TERMS = 16         # _RATIO ** _TERMS ~ 1e-16: the truncation is below rounding
@@ -109,6 +109,82 @@ def _exact_pairs(rows, slot_cols, lo, hi, r, X, a, m, c, out):
         out[u] -= r[u, None] * (K @ m_s - K.sum(axis=1)[:, None] * X[u])
 
 
+def _group_intervals(rs, before_own_death=None):
+    """First and one-past-last tie group at which each row is at risk.
+
+    Where ``before_own_death`` is set, the row's own event time is left out.
+    """
+    g_lo = np.empty(rs.n_samples, dtype=np.intp)
+    g_hi = np.empty(rs.n_samples, dtype=np.intp)
+    for s in range(rs.n_strata):
+        rows = np.flatnonzero(rs.row_stratum == s)
+        first = np.searchsorted(rs.group_stratum, s, side="left")
+        last = np.searchsorted(rs.group_stratum, s, side="right")
+        times = rs.group_time[first:last]
+        g_lo[rows] = first if rs.entry is None else first + np.searchsorted(
+            times, rs.entry[rows], side="right")
+        g_hi[rows] = first + np.searchsorted(times, rs.time[rows], side="right")
+        if before_own_death is not None:
+            own = rows[before_own_death[rows]]
+            g_hi[own] = first + np.searchsorted(times, rs.time[own], side="left")
+    return g_lo, g_hi
+
+
+def _risk_statistics(params, X, rs, w, ties):
+    """Shifted risk scores and the slots of every tie group."""
+    eta = X @ params
+    r = w * np.exp(eta - eta.real.max())
+    S0, S1 = rs.risk_sums(r), rs.risk_sums(r * X.T)
+    D0, D1 = rs.death_sums(r), rs.death_sums(r * X.T)
+    W = rs.death_sums(w)
+    n_present = rs.death_sums((w > 0).astype(float))
+    return r, (S0, S1, D0, D1, W, n_present), _slots(rs, S0, S1, D0, D1, W, n_present, ties)
+
+
+def weight_derivatives(params, X, rs, case_weights, ties):
+    """Derivative of the gradient in each row's weight, shape (p, n): ``method="if"``.
+
+    Differentiates R's weighted likelihood (tie counts fixed): for row ``u``
+    with risk score ``r_u``, at risk on the slots ``I_u`` and dying in group
+    ``h`` (``delta_u = 1``),
+
+        dg/dw_u = c_u [ -delta_u (x_u - mean_{s in h} m_s)
+                        + r_u sum_{s in I_u} c_s (x_u - m_s) / a_s
+                        - delta_u r_u sum_{s in h} c_s f_s (x_u - m_s) / a_s ]
+
+    with prefix sums over the slots (``c_u`` the case weight, ``r_u`` without it).
+    """
+    w = case_weights
+    r, (_, _, _, _, W, n_present), (a, m, c, bounds) = _risk_statistics(params, X, rs, w,
+                                                                          ties)
+    e = np.where(w > 0, r / np.where(w > 0, w, 1.0), 0.0)  # exp(eta - shift)
+    g_lo, g_hi = _group_intervals(rs)
+    lo, hi = bounds[g_lo], bounds[g_hi]
+    ca = c / a
+    scalar = np.concatenate([[0.0], np.cumsum(ca)])
+    vector = np.concatenate([np.zeros((1, X.shape[1])), np.cumsum((ca * m).T, axis=0)])
+    q, Q = scalar[hi] - scalar[lo], vector[hi] - vector[lo]
+    out = e[:, None] * (X * q[:, None] - Q)
+
+    # the row's own tie group: its death term and the Efron fractions
+    if ties == "breslow":
+        frac = np.zeros(a.size)
+        per_death = m.T  # one slot per group, weight derivative 1
+    else:
+        frac = np.where(rs.slot_rank < n_present[rs.slot_group],
+                        rs.slot_rank / np.maximum(n_present[rs.slot_group], 1), 0.0)
+        valid = (c > 0).astype(float)
+        per_death = np.add.reduceat((valid * m).T, bounds[:-1], axis=0) / np.maximum(
+            n_present, 1)[:, None]
+    F1 = np.add.reduceat(ca * frac, bounds[:-1])
+    F2 = np.add.reduceat((ca * frac * m).T, bounds[:-1], axis=0)
+    present = w[rs.deaths] > 0
+    dead, gid = rs.deaths[present], rs.death_group[present]
+    out[dead] += -(X[dead] - per_death[gid]) - e[dead, None] * (X[dead] * F1[gid, None]
+                                                                 - F2[gid])
+    return (w[:, None] * out).T
+
+
 def gradient_changes(params, X, rs, case_weights, ties):
     """``g(params; all rows) - g(params; without row u)`` for every row, shape (n, p).
 
@@ -117,30 +193,14 @@ def gradient_changes(params, X, rs, case_weights, ties):
     """
     if rs.has_entry:
         raise ValueError("the O(n p) Cox path does not handle delayed entry")
-    n, p = X.shape
+    p = X.shape[1]
     w = case_weights
-    eta = X @ params
-    r = w * np.exp(eta - eta.real.max())
-    S0, S1 = rs.risk_sums(r), rs.risk_sums(r * X.T)
-    D0, D1 = rs.death_sums(r), rs.death_sums(r * X.T)
-    W = rs.death_sums(w)
-    n_present = rs.death_sums((w > 0).astype(float))
-    a, m, c, bounds = _slots(rs, S0, S1, D0, D1, W, n_present, ties)
-    out = _own_group_change(rs, X, w, r, S0, S1, D0, D1, W, n_present, ties, a, m, c, bounds)
+    r, sums, (a, m, c, bounds) = _risk_statistics(params, X, rs, w, ties)
+    out = _own_group_change(rs, X, w, r, *sums, ties, a, m, c, bounds)
 
     # each row's interval of slots: its stratum's groups up to its time
     # (strictly before it when it dies there: that group was handled above)
-    g_lo, g_hi = np.empty(n, dtype=np.intp), np.empty(n, dtype=np.intp)
-    dies = rs.event & (w > 0)
-    for s in range(rs.n_strata):
-        rows = np.flatnonzero(rs.row_stratum == s)
-        first = np.searchsorted(rs.group_stratum, s, side="left")
-        last = np.searchsorted(rs.group_stratum, s, side="right")
-        times = rs.group_time[first:last]
-        g_lo[rows] = first
-        g_hi[rows] = first + np.where(dies[rows],
-                                      np.searchsorted(times, rs.time[rows], side="left"),
-                                      np.searchsorted(times, rs.time[rows], side="right"))
+    g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
     lo, hi = bounds[g_lo], bounds[g_hi]
 
     # rows with an outlying risk score: every slot exactly

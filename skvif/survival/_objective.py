@@ -42,6 +42,7 @@ class RiskSets:
         codes = np.zeros(n, dtype=np.intp) if strata is None else np.asarray(strata, np.intp)
         self.n_samples = n
         self.time, self.event, self.row_stratum = time, event, codes
+        self.entry = None if entry is None else np.asarray(entry, dtype=float)
         self.n_strata = int(codes.max()) + 1 if n else 1
         self.has_entry = entry is not None
 
