@@ -1,8 +1,9 @@
 """skvif: versatile influence functions for non-decomposable losses."""
 
 from ._engine import vif
+from .embedding import NodeEmbeddingInfluence
 from .ranking import ListwiseRankerInfluence
 from .survival import CoxPHInfluence
 
 __version__ = "0.1.0"
-__all__ = ["vif", "CoxPHInfluence", "ListwiseRankerInfluence"]
+__all__ = ["vif", "CoxPHInfluence", "ListwiseRankerInfluence", "NodeEmbeddingInfluence"]

@@ -12,6 +12,7 @@ or a batch of ``k`` problems (params ``(k, p)``, weights ``(k, n)``).
 
 import autograd.numpy as anp
 import numpy as np
+from autograd.tracer import getval
 
 __all__ = ["weighted_adjacency", "cooccurrence", "skipgram_objective",
            "unpack", "pair_scores"]
@@ -132,11 +133,14 @@ def skipgram_objective(params, C, node_weights, n_components, alpha):
     n = C.shape[-1]
     phi, psi = unpack(params, n, n_components)
     S = anp.matmul(phi, anp.swapaxes(psi, -1, -2))  # S_uv = phi_u . psi_v
-    shift = anp.max(S, axis=-1, keepdims=True)
+    # log-sum-exp shifted by the row maximum, held constant for autograd: the
+    # result does not depend on the shift, so neither do its derivatives
+    shift = np.max(getval(S), axis=-1, keepdims=True)
     Z = anp.sum(anp.expand_dims(node_weights, -2) * anp.exp(S - shift), axis=-1)
     lse = anp.log(Z) + shift[..., 0]
-    data = anp.sum(anp.sum(C, axis=-1) * lse, axis=-1) - anp.sum(anp.sum(C * S, axis=-1),
-                                                                 axis=-1)
+    # sum_uv C_uv S_uv = sum_u phi_u . (C psi)_u
+    data = (anp.sum(anp.sum(C, axis=-1) * lse, axis=-1)
+            - anp.sum(anp.sum(phi * anp.matmul(C, psi), axis=-1), axis=-1))
     norms = anp.sum(phi ** 2, axis=-1) + anp.sum(psi ** 2, axis=-1)
     return data + 0.5 * alpha * anp.sum(node_weights * norms, axis=-1)
 
