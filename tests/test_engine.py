@@ -187,8 +187,18 @@ def test_damping_adds_to_the_hessian(theta_hat):
 
 def test_parallel_chunks_give_the_same_result(theta_hat):
     a = vif(scalar_loss, theta_hat, N)
-    b = vif(scalar_loss, theta_hat, N, n_jobs=2)
+    b = vif(scalar_loss, theta_hat, N, n_jobs=2)  # 2 chunks of units, 2 joblib workers
     np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_verbose_reports_progress_per_chunk(theta_hat, capsys):
+    units = [[i] for i in range(10)]
+    quiet = vif(pairwise_auc_loss, theta_hat, N, method="loo", units=units, batched=True)
+    assert capsys.readouterr().err == ""
+    loud = vif(pairwise_auc_loss, theta_hat, N, method="loo", units=units, batched=True,
+               verbose=1)
+    np.testing.assert_allclose(loud, quiet, rtol=1e-12)
+    assert "[skvif] refits: 10/10 units" in capsys.readouterr().err
 
 
 def test_minimize_reaches_the_scipy_optimum(theta_hat):
