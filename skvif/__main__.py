@@ -8,6 +8,17 @@ import numpy as np
 import pandas as pd
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (no usage block on stderr)."""
+
+    def error(self, message):
+        self.exit(2, f"skvif: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(message):
+    return " ".join(str(message).split())
+
+
 def _load(args):
     if args.data is None:
         from lifelines.datasets import load_rossi
@@ -17,8 +28,11 @@ def _load(args):
         raise ValueError("--data needs --duration COL and --event COL.")
     try:
         frame = pd.read_csv(args.data)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError,
+            UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read {args.data}: {exc}") from None
+    if len(frame) == 0:
+        raise ValueError(f"{args.data} has no data rows.")
     missing = [c for c in (args.duration, args.event) if c not in frame.columns]
     if missing:
         raise ValueError(f"column(s) {', '.join(missing)} not in {args.data}; "
@@ -39,17 +53,21 @@ def _design_columns(frame, args, duration, event):
     if len(set(reserved)) != len(reserved):
         raise ValueError("the duration, event, --strata, --entry, --id and --weights "
                          "columns must all be different.")
-    for flag in ("--entry", "--weights"):
-        col = roles[flag]
-        if col is not None and not pd.api.types.is_numeric_dtype(frame[col]):
+    for flag, col in (("duration", duration), ("event", event), ("--entry", roles["--entry"]),
+                      ("--weights", roles["--weights"])):
+        if col is not None and not (pd.api.types.is_numeric_dtype(frame[col])
+                                    or pd.api.types.is_bool_dtype(frame[col])):
             raise ValueError(f"the {flag} column {col!r} must be numeric.")
     if frame[reserved].isna().any().any():
         raise ValueError("the data contain missing values; drop or impute them first.")
+    if not frame[event].isin([0, 1]).all():
+        raise ValueError(f"the event column {event!r} must be 0/1 (1 = event, 0 = censored).")
     return frame.drop(columns=reserved)
 
 
-def cox(args, out=sys.stdout):
+def cox(args, out=None):
     """Fit, print the coefficients and the most influential rows (or subjects)."""
+    out = sys.stdout if out is None else out  # looked up at call time (redirections)
     from .survival import CoxPHInfluence
 
     frame, duration, event, source = _load(args)
@@ -64,9 +82,15 @@ def cox(args, out=sys.stdout):
         raise ValueError("no covariate columns besides the duration and event columns.")
     if X.isna().any().any():
         raise ValueError("the data contain missing values; drop or impute them first.")
+    if not np.all(np.isfinite(X.to_numpy(dtype=float))):
+        raise ValueError("the covariates contain infinite values.")
     column = (lambda name: None if name is None else frame[name])
     model = CoxPHInfluence().fit(X, frame[[duration, event]], column(args.weights),
                                  strata=column(args.strata), entry=column(args.entry))
+    if model._collinear:  # the fit checked the design (rows of positive weight, strata)
+        raise ValueError(f"covariate column(s) {', '.join(model._collinear)} are collinear "
+                         "or constant (within strata), so their coefficients are not "
+                         "identifiable; drop one of them.")
     groups = column(args.id)
     # with --id a unit is a subject (all its rows), and the standard errors are
     # R's robust ones clustered by subject (coxph(..., cluster(id)))
@@ -110,8 +134,8 @@ def cox(args, out=sys.stdout):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m skvif",
-                                     description="Influence diagnostics without refitting.")
+    parser = _Parser(prog="python -m skvif",
+                     description="Influence diagnostics without refitting.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("cox", help="audit a Cox proportional hazards model")
     p.add_argument("--data", help="CSV file (default: the Rossi data shipped with lifelines)")
@@ -129,12 +153,20 @@ def main(argv=None):
     p.add_argument("--weights", metavar="COL", help="case weight column (R weights=)")
     args = parser.parse_args(argv)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             cox(args)
     except (ValueError, TypeError, OSError) as exc:
-        print(f"skvif: error: {exc}", file=sys.stderr)
+        print(f"skvif: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug: still one line, but say what it was
+        print(f"skvif: error: unexpected {type(exc).__name__}: {_one_line(exc)}",
+              file=sys.stderr)
+        return 1
+    # the run succeeded: report what the fit warned about (e.g. monotone
+    # likelihood), one line each
+    for message in dict.fromkeys(_one_line(w.message) for w in caught):
+        print(f"skvif: warning: {message}", file=sys.stderr)
     return 0
 
 

@@ -21,6 +21,14 @@ def check_numeric_columns(X, name="X"):
     column; a statistician's data frame needs the column named.
     """
     if not (hasattr(X, "columns") and hasattr(X, "dtypes")):
+        if isinstance(X, (list, tuple, np.ndarray)):
+            arr = np.asarray(X)
+            if arr.dtype.kind in "USO":
+                try:
+                    arr.astype(float)
+                except (TypeError, ValueError) as exc:  # keep the type sklearn would raise
+                    raise type(exc)(f"{name} has non-numeric values ({exc}); encode them "
+                                    "as numbers first.") from None
         return
     bad = []
     for column, dtype in zip(X.columns, X.dtypes):
@@ -35,17 +43,87 @@ def check_numeric_columns(X, name="X"):
                          "as numbers first (e.g. one-hot or ordinal codes).")
 
 
+def check_labels(labels, n_samples, name):
+    """One label per row (groups, strata, query ids): 1-D, no missing values, sortable."""
+    labels = np.asarray(labels.to_numpy() if hasattr(labels, "to_numpy") else labels)
+    if labels.ndim != 1 or labels.shape[0] != n_samples:
+        raise ValueError(f"{name} must have one label per row ({n_samples} rows), "
+                         f"got shape {labels.shape}.")
+    if labels.dtype.kind in "fcO" and np.any(pd.isna(labels)):
+        raise ValueError(f"{name} contains missing values (NaN or None).")
+    if labels.dtype.kind in "fc" and not np.all(np.isfinite(labels)):
+        raise ValueError(f"{name} contains infinite values.")
+    if labels.dtype.kind == "O":
+        try:
+            np.unique(labels)
+        except TypeError as exc:
+            raise TypeError(f"{name} labels must be mutually sortable (e.g. all numbers or "
+                            f"all strings): {exc}") from None
+    return labels
+
+
+def collinear_columns(X, names, sample_weight=None, groups=None, rcond=1e-8):
+    """Names of the columns involved in an exact linear dependence, or ``[]``.
+
+    The columns are centered (within each group, when ``groups`` is given: a
+    Cox stratum or a ranking query, inside which a constant shift changes
+    nothing) over the rows of positive weight and scaled to unit norm; a
+    singular value below ``rcond`` times the largest is a dependence, and the
+    columns with a visible share in its singular vector are named. A column
+    that is constant (within groups) is such a dependence on its own.
+    """
+    X = np.asarray(X, dtype=float)
+    if sample_weight is not None:
+        keep = np.asarray(sample_weight) > 0
+        X = X[keep]
+        groups = None if groups is None else np.asarray(groups)[keep]
+    if groups is None:
+        Z = X - X.mean(axis=0)
+    else:
+        _, code = np.unique(groups, return_inverse=True)
+        code = np.ravel(code)
+        sums = np.zeros((code.max() + 1, X.shape[1]))
+        np.add.at(sums, code, X)
+        Z = X - (sums / np.bincount(code)[:, None])[code]
+    norms = np.linalg.norm(Z, axis=0)
+    largest = np.max(norms) if norms.size else 0.0
+    constant = norms <= rcond * max(largest, 1e-300)
+    Z = Z[:, ~constant] / np.where(constant, 1.0, norms)[~constant]
+    involved = constant.copy()
+    if Z.shape[1]:
+        # thin SVD (U is n x min(n, p)); with fewer rows than columns the full
+        # right basis, whose extra rows are the null space
+        _, sv, Vt = np.linalg.svd(Z, full_matrices=Z.shape[0] < Z.shape[1])
+        sv = np.concatenate([sv, np.zeros(Vt.shape[0] - sv.size)])
+        null = Vt[sv <= rcond * sv[0]]
+        if null.size:
+            involved[np.flatnonzero(~constant)] = np.any(np.abs(null) > 1e-6, axis=0)
+    return [str(names[j]) for j in np.flatnonzero(involved)]
+
+
+def collinearity_message(columns, hint):
+    shown = ", ".join(columns[:10]) + (", ..." if len(columns) > 10 else "")
+    return (f"The column(s) {shown} are collinear or constant (or there are more columns "
+            f"than the data can identify), so their coefficients are not identifiable; "
+            f"{hint}")
+
+
+def check_identifiable(estimator, damping):
+    """Refuse influence of a model fitted without penalty on collinear columns."""
+    collinear = getattr(estimator, "_collinear", [])
+    if collinear and damping == 0:
+        raise ValueError(collinearity_message(
+            collinear, "the Hessian is singular. Set a ridge penalty alpha > 0 on the "
+            "estimator, or damping > 0 in influence_."))
+
+
 def units_from_groups(groups, n_samples, name="groups"):
     """Unit index arrays for a group label per row, ordered as ``np.unique(groups)``."""
     if groups is None:
         return None, None
-    groups = np.asarray(groups)
-    if groups.ndim != 1 or groups.shape[0] != n_samples:
-        raise ValueError(f"{name} must have one label per training row ({n_samples}), "
-                         f"got shape {groups.shape}.")
-    if groups.dtype.kind == "f" and np.isnan(groups).any():
-        raise ValueError(f"{name} contains NaN.")
+    groups = check_labels(groups, n_samples, name)
     labels, inverse = np.unique(groups, return_inverse=True)
+    inverse = np.ravel(inverse)
     order = np.argsort(inverse, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=labels.size))])
     return [order[bounds[k]:bounds[k + 1]] for k in range(labels.size)], pd.Index(labels)

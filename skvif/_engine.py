@@ -36,7 +36,7 @@ SOLVERS = ("auto", "direct", "cg")
 AUTO_CG_MIN_PARAMS = 2000
 # Conjugate gradients usually need about this many Hessian-vector products per
 # right-hand side; a dense Hessian costs p of them plus a factorization.
-_CG_PRODUCTS_PER_SOLVE = 50
+_CG_PRODUCTS_PER_SOLVE = 20
 # Leave-out problems evaluated together hold about this many weights at once.
 _CHUNK_ELEMENTS = 2**21
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
@@ -228,6 +228,10 @@ class HessianSolver:
         # singularity is judged on the Jacobi-scaled Hessian D^-1/2 H D^-1/2, so that
         # the units of the features do not matter; a Cholesky factorization can
         # succeed on an exactly singular H through rounding, hence the rcond check
+        if not np.all(np.isfinite(H)):
+            raise ValueError(
+                "The Hessian of the objective contains NaN or infinite values at the fitted "
+                "parameters: the loss is not twice differentiable there, or overflows.")
         scale = np.sqrt(np.abs(np.diag(H)))
         scale = np.where(scale > 0, scale, 1.0)
         scaled = H / np.outer(scale, scale)
@@ -287,6 +291,53 @@ class HessianSolver:
                 )
             out[:, j] = x
         return out.reshape(B.shape)
+
+
+def _solve_each(H, g, scale):
+    """Solve ``H[k] x[k] = g[k]`` for a batch, flagging singular ``H[k]``.
+
+    Eigendecomposition of ``D^-1/2 H[k] D^-1/2`` with ``D`` the diagonal
+    ``scale ** 2`` of the full-data Hessian (so the units of the parameters do
+    not matter, and a parameter that loses all its curvature when a unit is
+    removed shows up as a near-zero eigenvalue); directions whose eigenvalue is
+    below ``_SINGULAR_RCOND`` times the largest are left out (a
+    pseudo-inverse), and those problems are flagged. Non-finite problems give
+    NaN and are flagged.
+
+    Returns
+    -------
+    x : ndarray of shape (k, p)
+    singular : ndarray of shape (k,) of bool
+    """
+    finite = np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(g), axis=1)
+    H = np.where(finite[:, None, None], H, np.eye(H.shape[1]))
+    d = np.broadcast_to(scale, g.shape)
+    lam, V = np.linalg.eigh(H / (d[:, :, None] * d[:, None, :]))
+    largest = np.max(np.abs(lam), axis=1, keepdims=True)
+    null = np.abs(lam) <= _SINGULAR_RCOND * np.maximum(largest, 1e-300)
+    coords = np.einsum("kij,ki->kj", V, np.where(finite[:, None], g, 0.0) / d)
+    coords = np.where(null, 0.0, coords / np.where(null, 1.0, lam))
+    x = np.einsum("kij,kj->ki", V, coords) / d
+    x[~finite] = np.nan
+    return x, null.any(axis=1) | ~finite
+
+
+def _singular_each(H, scale):
+    """Whether each of a batch of Hessians is singular (scaled as in ``_solve_each``)."""
+    return _solve_each(H, np.zeros(H.shape[:2]), scale)[1]
+
+
+def _hessian_scale(H):
+    """``sqrt(|diag H|)`` of the full-data Hessian, 1 where it is zero."""
+    d = np.sqrt(np.abs(np.diag(H)))
+    return np.where(d > 0, d, 1.0)
+
+
+def _positions(flags, limit=10):
+    """First few positions where ``flags`` is true, for a message."""
+    idx = np.flatnonzero(flags)
+    shown = ", ".join(map(str, idx[:limit]))
+    return f"[{shown}{', ...' if idx.size > limit else ''}]"
 
 
 def auto_solver(n_params, n_rhs):
@@ -366,17 +417,35 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
             return target(th)
 
     if method == "loo":
+        scale = None if saddle_free else _hessian_scale(
+            _batch_hessians(lossb, theta[None], ones[None])[0])
+
         def refit(chunk):
             W = _leave_out_weights(chunk, n)
             P, _, conv = minimize(lossb, np.tile(theta, (len(chunk), 1)), W,
                                   tol=tol, max_iter=max_iter, damping=0.0)
-            if not conv.all():
-                warnings.warn(f"{(~conv).sum()} leave-one-out refits did not converge "
-                              f"in {max_iter} iterations.", ConvergenceWarning, stacklevel=2)
-            return np.stack([np.ravel(quantity(P[i], W[i])) for i in range(len(chunk))])
+            # a flat direction of the objective without the unit: the refit is not unique
+            # (skipped for non-convex objectives, whose removed parts may be flat by design)
+            singular = (np.zeros(len(chunk), dtype=bool) if saddle_free
+                        else _singular_each(_batch_hessians(lossb, P, W), scale))
+            values = np.stack([np.ravel(quantity(P[i], W[i])) for i in range(len(chunk))])
+            return np.column_stack([values, ~conv, singular])
 
         base = np.ravel(quantity(theta, ones))
-        return _map_chunks(refit, units, n, batched, n_jobs, verbose, "refits") - base
+        out = _map_chunks(refit, units, n, batched, n_jobs, verbose, "refits")
+        not_converged, singular = out[:, -2] > 0, out[:, -1] > 0
+        if not_converged.any():
+            warnings.warn(f"{not_converged.sum()} leave-one-out refits did not converge in "
+                          f"{max_iter} iterations (units at positions "
+                          f"{_positions(not_converged)}).", ConvergenceWarning, stacklevel=3)
+        if singular.any():
+            warnings.warn(
+                f"Without the unit(s) at positions {_positions(singular)} the objective has "
+                "no unique minimum (its Hessian at the refit is singular: a flat direction, "
+                "e.g. a column that is constant once they are removed, or a monotone "
+                "likelihood): their refits along that direction are arbitrary. Set a ridge "
+                "penalty (alpha) to make them unique.", UserWarning, stacklevel=3)
+        return _finite_or_warn(out[:, :-2] - base, "loo")
 
     # linearized methods: delta_theta per unit, then mapped through the target
     J = None if target is None else _jacobian(lambda th: anp.ravel(quantity(th, ones)), theta)
@@ -390,33 +459,42 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         g_full = grad(loss)(theta, ones)
         H_full = _batch_hessians(lossb, theta[None], ones[None])[0]
         H_full = H_full + damping * np.eye(theta.size)
+        scale = _hessian_scale(H_full)
 
         def local_newton(chunk):
             g = g_full - grad_change(chunk)
-            H = H_full - hess_change(chunk)
-            return -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+            step, singular = _solve_each(H_full - hess_change(chunk), g, scale)
+            return np.column_stack([-step, singular])
 
         delta = _map_chunks(local_newton, units, n, batched, n_jobs, verbose, "newton steps",
                             size=local_size)
+        delta = _warn_singular_newton(delta)
         out = delta if J is None else delta @ J.T
     elif method == "newton":
+        use_cg = solver == "cg" or (solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS)
+        scale = None if use_cg or saddle_free else _hessian_scale(
+            _batch_hessians(lossb, theta[None], ones[None])[0] + damping * np.eye(theta.size))
+
         def newton(chunk):
             W = _leave_out_weights(chunk, n)
             P = np.tile(theta, (len(chunk), 1))
             g = _batch_grad(lossb, P, W)
-            if solver == "cg" or (solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS):
-                return -np.stack([
+            if use_cg:
+                return np.column_stack([-np.stack([
                     HessianSolver(loss, theta, W[i], solver="cg", damping=damping).solve(g[i])
-                    for i in range(len(chunk))])
+                    for i in range(len(chunk))]), np.zeros(len(chunk))])
             if saddle_free:
                 lam, V = np.linalg.eigh(_batch_hessians(lossb, P, W))
                 floor = 1e-10 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
                 coords = np.einsum("kij,ki->kj", V, g) / np.maximum(np.abs(lam) + damping, floor)
-                return -np.einsum("kij,kj->ki", V, coords)
+                return np.column_stack([-np.einsum("kij,kj->ki", V, coords),
+                                        np.zeros(len(chunk))])
             H = _batch_hessians(lossb, P, W) + damping * np.eye(theta.size)
-            return -np.linalg.solve(H, g[:, :, None])[:, :, 0]
+            step, singular = _solve_each(H, g, scale)
+            return np.column_stack([-step, singular])
 
         delta = _map_chunks(newton, units, n, batched, n_jobs, verbose, "newton steps")
+        delta = _warn_singular_newton(delta)
         out = delta if J is None else delta @ J.T
     else:
         n_rhs = len(units) if J is None else min(len(units), J.shape[0])
@@ -437,15 +515,43 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
             D = dgrad_dw() if dgrad_dw is not None else jacobian(
                 lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
             R = np.stack([D[:, idx].sum(axis=1) for idx in units])
+        # a unit whose removal leaves a non-finite loss or gradient gets NaN, not a
+        # failed solve for all units (_finite_or_warn names it)
+        bad = ~np.all(np.isfinite(R), axis=1)
+        R = np.where(bad[:, None], 0.0, R)
         if J is None:
             out = hess.solve(R.T).T
         elif hess.solver == "cg" and J.shape[0] < R.shape[0]:
             out = R @ hess.solve(J.T)  # H symmetric: J H^-1 R^T = (H^-1 J^T)^T R^T
         else:
             out = hess.solve(R.T).T @ J.T
+        out[bad] = np.nan
 
     if target is not None and target_uses_weights:
         out = out + _direct_part(quantity, theta, n, units, method)
+    return _finite_or_warn(out, method)
+
+
+def _warn_singular_newton(delta):
+    """Split the singular flag column off the Newton steps, warning about flagged units."""
+    singular = delta[:, -1] > 0
+    if singular.any():
+        warnings.warn(
+            f"Without the unit(s) at positions {_positions(singular)} the Hessian of the "
+            "objective is singular (e.g. a column that is constant once they are removed): "
+            "method='newton' leaves that direction out for them. Pass damping > 0 or use "
+            "method='vif'.", UserWarning, stacklevel=4)
+    return delta[:, :-1]
+
+
+def _finite_or_warn(out, method):
+    """Never return NaN silently: name the units whose influence is not finite."""
+    bad = ~np.all(np.isfinite(np.reshape(out, (out.shape[0], -1))), axis=1)
+    if bad.any():
+        warnings.warn(
+            f"method={method!r}: the influence of {bad.sum()} unit(s) (positions "
+            f"{_positions(bad)}) is not finite: the loss, its gradient or its Hessian is not "
+            "finite without them.", RuntimeWarning, stacklevel=4)
     return out
 
 
@@ -533,7 +639,8 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         gradients on Hessian-vector products and never forms it; ``"auto"``
         uses ``"cg"`` from 2000 parameters on, or when the solves (one per
         unit or per target value, whichever is fewer) would take fewer than
-        about ``n_params`` Hessian-vector products at 50 per solve.
+        about ``n_params`` Hessian-vector products at about 20 per solve
+        (``benchmarks/bench_cox.py solvers`` shows the crossover).
     damping : float, default=0.0
         Added to the Hessian's diagonal; needed when the objective is singular
         or not convex at ``params``.
@@ -611,9 +718,24 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     try:
         value = loss(theta, ones)
     except Exception as exc:  # the user's code: say where it failed
-        raise ValueError(f"loss(params, ones(n_samples)) raised {exc!r}") from exc
+        raise ValueError(f"loss(params, ones(n_samples)) raised {exc!r}; check that loss "
+                         "takes params of shape (n_params,) and weights of shape "
+                         "(n_samples,)") from exc
     if np.ndim(value) != 0 or not np.isfinite(value):
         raise ValueError(f"loss(params, weights) must return a finite scalar, got {value!r}.")
+    if batched:
+        try:
+            value = np.asarray(loss(theta[None], ones[None]))
+        except Exception as exc:
+            raise ValueError(f"batched=True but loss(params[None], weights[None]) raised "
+                             f"{exc!r}") from exc
+        if value.shape != (1,):
+            raise ValueError("batched=True needs loss(params (k, p), weights (k, n)) to "
+                             f"return shape (k,); got shape {value.shape} for k = 1.")
+    gradient = grad(loss)(theta, ones)
+    if not np.all(np.isfinite(gradient)):
+        raise ValueError("The gradient of loss at params contains NaN or infinite values: "
+                         "the loss is not differentiable there.")
     if target is not None:
         value = np.asarray(target(theta))
         if value.ndim != 1 or not np.all(np.isfinite(value)):

@@ -5,9 +5,11 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 from lifelines.datasets import load_rossi
 
 from skvif import CoxPHInfluence
+from skvif.__main__ import main
 
 
 def run(*args, cwd=None):
@@ -51,6 +53,7 @@ def test_bad_input_is_one_line_error(tmp_path):
         ("cox", "--data", str(bad), "--duration", "t", "--event", "e"),
         ("cox", "--data", str(bad)),
         ("cox", "--top", "-2"),
+        ("cox", "--top", "abc"),  # argparse's own errors are one line too
     ]
     for args in cases:
         res = run(*args)
@@ -99,3 +102,89 @@ def test_bad_role_columns_are_one_line_errors(tmp_path):
         assert res.returncode != 0, extra
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert res.stderr.startswith("skvif: error:")
+
+
+def run_in_process(argv, capsys):
+    """``main(argv)`` as the console script runs it: exit code, stdout, stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse exits itself
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _frame(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"t": rng.exponential(size=n).round(2) + 0.1,
+                         "e": (rng.random(n) < 0.7).astype(int),
+                         "x": rng.normal(size=n), "z": rng.normal(size=n)})
+
+
+OK = _frame()
+ROW2 = np.arange(len(OK)) == 2
+DATA = "--data {path} --duration t --event e"
+# name: (file content (DataFrame, bytes or None for no file), arguments, message fragment)
+BAD_INPUT = {
+    "missing file": (None, DATA, "cannot read"),
+    "directory": ("dir", DATA, "cannot read"),
+    "empty file": (b"", DATA, "cannot read {path}: No columns to parse from file"),
+    "undecodable file": (b"\xff\xfe\x00t,e\n\x00\x01", DATA, "cannot read"),
+    "header only": (OK.iloc[:0], DATA, "has no data rows"),
+    "missing column": (OK, "--data {path} --duration t --event died",
+                       "column(s) died not in {path}; columns are: t, e, x, z"),
+    "no --event": (OK, "--data {path} --duration t", "--data needs --duration COL and --event COL"),
+    "same column twice": (OK, "--data {path} --duration t --event t", "must all be different"),
+    "negative --top": (OK, DATA + " --top -2", "--top must be >= 0"),
+    "non-integer --top": (OK, DATA + " --top 2.5", "argument --top: invalid int value: '2.5'"),
+    "unknown option": (OK, DATA + " --alpha 1", "unrecognized arguments: --alpha 1"),
+    "non-numeric covariate": (OK.assign(sex=["m", "f"] * 15), DATA,
+                              "non-numeric covariate column(s): sex"),
+    "non-numeric duration": (OK.assign(t="soon"), DATA, "the duration column 't' must be numeric"),
+    "event not 0/1": (OK.assign(e=2 * OK.e), DATA, "the event column 'e' must be 0/1"),
+    "no events": (OK.assign(e=0), DATA, "All observations are censored"),
+    "negative durations": (OK.assign(t=-OK.t), DATA, "Survival times must be non-negative"),
+    "missing values": (OK.assign(x=np.where(ROW2, np.nan, OK.x)), DATA, "missing values"),
+    "infinite covariate": (OK.assign(x=np.where(ROW2, np.inf, OK.x)), DATA,
+                           "the covariates contain infinite values"),
+    "collinear covariates": (OK.assign(x_mg=1000 * OK.x), DATA,
+                             "covariate column(s) x, x_mg are collinear or constant"),
+    "constant covariate": (OK.assign(site=1), DATA, "covariate column(s) site are collinear"),
+    "no covariates": (OK[["t", "e"]], DATA, "no covariate columns"),
+    "entry after duration": (OK.assign(start=OK.t + 1), DATA + " --entry start",
+                             "entry must be strictly before time"),
+    "negative weights": (OK.assign(w=-1.0), DATA + " --weights w", "Negative values"),
+    "unwritable --out": (OK, DATA + " --top 0 --out {tmp}/no/such/dir/out.csv",
+                         "non-existent directory"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUT)
+def test_every_bad_input_is_one_line_naming_the_problem(name, tmp_path, capsys):
+    content, args, fragment = BAD_INPUT[name]
+    path = tmp_path / "data.csv"
+    if isinstance(content, pd.DataFrame):
+        content.to_csv(path, index=False)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "dir":
+        path.mkdir()
+    fill = {"path": str(path), "tmp": str(tmp_path)}
+    code, _, err = run_in_process(["cox", *args.format(**fill).split()], capsys)
+    assert code not in (0, None)
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("skvif: error: ") and "Traceback" not in err
+    assert fragment.format(**fill) in err
+
+
+def test_a_fit_warning_is_reported_on_stderr_after_a_successful_run(tmp_path, capsys):
+    # events only where x = 1: monotone partial likelihood, the run still completes
+    frame = OK.assign(x=OK.e.astype(float))
+    path = tmp_path / "separated.csv"
+    frame.to_csv(path, index=False)
+    code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), "--top", "1"],
+                                    capsys)
+    assert code == 0 and "Coefficients" in out
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith("skvif: warning: ") for line in lines)
+    assert any("monotone" in line for line in lines)

@@ -184,7 +184,7 @@ class NodeEmbeddingInfluence(BaseEstimator):
 
     See Also
     --------
-    skvif.vif : the engine, for any loss written with autograd.
+    skvif.vif : The engine, for any loss written with autograd.
 
     Notes
     -----
@@ -211,7 +211,7 @@ class NodeEmbeddingInfluence(BaseEstimator):
 
     the softmax over all nodes ``x``. The fit is scipy's ``trust-exact``
     (exact Hessians by autograd) from the random start, polished if needed by
-    the engine's saddle-free Newton (:func:`skvif._engine.minimize`), to a
+    the engine's saddle-free Newton, to a
     gradient norm below ``1e-9``: influence is only as good as the optimum.
 
     **Removal.** Removing node ``u`` deletes it from the graph: ``C`` is
@@ -423,7 +423,7 @@ class NodeEmbeddingInfluence(BaseEstimator):
         damping : float, default=None
             ``None`` uses the estimator's ``damping``; must be > 0.
         n_jobs : int, default=None
-            joblib workers over chunks of units.
+            Number of joblib workers over chunks of units.
         as_frame : bool, default=False
             Return a DataFrame indexed by node labels (or edges), one column
             per pair.

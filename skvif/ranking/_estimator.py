@@ -13,7 +13,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (_check_sample_weight, _num_samples, check_is_fitted,
                                       validate_data)
 
-from .._base import check_influence_options, check_numeric_columns, feature_names, row_labels
+from .._base import (check_identifiable, check_influence_options, check_numeric_columns,
+                     collinear_columns, collinearity_message, feature_names, row_labels)
 from .._engine import check_choice, check_units, influence, minimize
 from ._objective import (LOSSES, LocalChanges, Lists, objective, query_weighted_objective,
                          test_losses)
@@ -34,6 +35,8 @@ def _check_qid(qid, n_samples):
                          f"got shape {qid.shape}.")
     if qid.dtype.kind == "f" and not np.all(np.isfinite(qid)):
         raise ValueError("qid contains NaN or infinite values.")
+    if qid.dtype.kind == "O" and np.any(pd.isna(qid)):
+        raise ValueError("qid contains missing values (NaN or None).")
     if qid.dtype.kind == "O":
         try:
             np.unique(qid)
@@ -50,6 +53,8 @@ def _check_labels(y, n_samples):
     if y.ndim != 1 or y.shape[0] != n_samples:
         raise ValueError(f"y must have one relevance label per row of X ({n_samples} rows), "
                          f"got shape {y.shape}.")
+    if y.dtype.kind == "c":
+        raise ValueError("Complex data not supported: relevance labels y must be real.")
     try:
         y = y.astype(float)
     except (TypeError, ValueError) as exc:
@@ -92,7 +97,7 @@ class ListwiseRankerInfluence(BaseEstimator):
     ----------
     coef_ : ndarray of shape (n_features,)
     n_features_in_ : int
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Only when ``X`` had string column names.
     n_iter_ : int
         Newton iterations of the fit.
@@ -102,7 +107,7 @@ class ListwiseRankerInfluence(BaseEstimator):
 
     See Also
     --------
-    skvif.vif : the model-agnostic influence engine behind :meth:`influence_`.
+    skvif.vif : The model-agnostic influence engine behind :meth:`influence_`.
 
     Notes
     -----
@@ -217,6 +222,15 @@ class ListwiseRankerInfluence(BaseEstimator):
             tol=self.tol, max_iter=self.max_iter)
         self.coef_ = P[0]
         self.n_iter_ = int(n_iter[0])
+        # a shift of a column inside a query changes no listwise loss: with alpha = 0
+        # a column constant within every query is not identifiable
+        self._collinear = ([] if self.alpha > 0 else
+                           collinear_columns(X, feature_names(self), groups=qid))
+        if self._collinear:
+            warnings.warn(collinearity_message(
+                self._collinear, "drop one of them or set a ridge penalty alpha > 0 "
+                "(influence_ needs an invertible Hessian). A column constant within "
+                "every query counts as constant."), UserWarning, stacklevel=2)
         if not converged[0]:
             warnings.warn(f"Newton's method did not converge in {self.max_iter} iterations; "
                           "increase max_iter or the ridge penalty alpha.",
@@ -261,8 +275,8 @@ class ListwiseRankerInfluence(BaseEstimator):
         qid : array-like of shape (n_rows,)
         sample_weight : array-like of shape (n_rows,), default=None
             Row weights; the mean over queries is then weighted, each query
-            by the mean weight of its rows. (Also what lets
-            ``Pipeline.score`` route to this method.)
+            by the mean weight of its rows (also what lets
+            ``Pipeline.score`` route to this method).
 
         Returns
         -------
@@ -331,7 +345,7 @@ class ListwiseRankerInfluence(BaseEstimator):
         damping : float, default=0.0
             Added to the Hessian's diagonal.
         n_jobs : int, default=None
-            joblib workers over chunks of units.
+            Number of joblib workers over chunks of units.
         as_frame : bool, default=False
             Return a DataFrame indexed by the training row labels (or
             ``queries_``), with columns named after the features, the rows
@@ -368,6 +382,7 @@ class ListwiseRankerInfluence(BaseEstimator):
         check_choice(target, "target", TARGETS)
         check_choice(unit, "unit", UNITS)
         damping = check_influence_options(method, solver, damping)
+        check_identifiable(self, damping)
         lists = self._lists
         n = lists.n_samples
         if unit == "item":

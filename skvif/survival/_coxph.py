@@ -15,8 +15,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted,
                                       validate_data)
 
-from .._base import (check_influence_options, check_numeric_columns, feature_names,
-                     row_labels, units_from_groups)
+from .._base import (check_identifiable, check_influence_options, check_labels,
+                     check_numeric_columns, collinear_columns, collinearity_message,
+                     feature_names, row_labels, units_from_groups)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
 from ._fast import gradient_changes, hessian_changes, weight_derivatives
 from ._objective import (RiskSets, breslow_cumulative_hazard,
@@ -59,13 +60,20 @@ def check_survival_y(y, n_samples=None):
                 "y must be a structured array (event, time) as sksurv.util.Surv makes, "
                 f"or 2 columns [time, event]; got shape {arr.shape}.")
         time, event = arr[:, 0], arr[:, 1]
+    if np.iscomplexobj(time) or np.iscomplexobj(event):
+        raise ValueError("Complex data not supported: survival times and event indicators "
+                         "must be real.")
     try:
-        time = np.asarray(time, dtype=float)
-        event_float = np.asarray(event, dtype=float)
+        time = np.array(time, dtype=float)  # copies: never a view of the user's y
+        event_float = np.array(event, dtype=float)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"Survival times and event indicators must be numeric: {exc}") from None
     if not np.all(np.isin(event_float, (0.0, 1.0))):
-        raise ValueError("The event indicator must be boolean or 0/1.")
+        bad = event_float[~np.isin(event_float, (0.0, 1.0))][0]
+        where = ("its first field" if names is not None
+                 else "the second column of a 2-column y [time, event]")
+        raise ValueError(f"The event indicator ({where}) must be boolean or 0/1, "
+                         f"got {bad:g}.")
     if not np.all(np.isfinite(time)):
         raise ValueError("Survival times contain NaN or infinite values.")
     if np.any(time < 0):
@@ -81,7 +89,7 @@ def check_survival_y(y, n_samples=None):
 def _optional_rows(values, n_samples, name, dtype=None):
     if values is None:
         return None
-    arr = np.asarray(values.to_numpy() if hasattr(values, "to_numpy") else values, dtype=dtype)
+    arr = np.array(values.to_numpy() if hasattr(values, "to_numpy") else values, dtype=dtype)
     if arr.ndim != 1 or arr.shape[0] != n_samples:
         raise ValueError(f"{name} must have one value per row ({n_samples}), got shape "
                          f"{arr.shape}.")
@@ -218,7 +226,7 @@ class CoxPHInfluence(BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features)
         y : structured array, array-like of shape (n_samples, 2) or DataFrame
-            Event indicator and time, see :func:`check_survival_y`.
+            Event indicator and time, see :func:`~skvif.survival.check_survival_y`.
         sample_weight : array-like of shape (n_samples,), default=None
             Case weights with R's semantics (``coxph(..., weights=)``): weighted
             risk sets, and with Efron ties each tied death carries the mean
@@ -241,9 +249,10 @@ class CoxPHInfluence(BaseEstimator):
         X = validate_data(self, X, dtype=float, ensure_min_samples=2)
         n = X.shape[0]
         event, time = check_survival_y(y, n)
-        case_weights = _check_sample_weight(sample_weight, X, dtype=float, ensure_non_negative=True)
-        strata = _optional_rows(strata, n, "strata")
+        case_weights = _check_sample_weight(sample_weight, X, dtype=float,
+                                            ensure_non_negative=True, copy=True)
         if strata is not None:
+            strata = check_labels(strata, n, "strata")
             self._strata_labels, strata = np.unique(strata, return_inverse=True)
         else:
             self._strata_labels = None
@@ -269,11 +278,27 @@ class CoxPHInfluence(BaseEstimator):
             tol=self.tol, max_iter=self.max_iter)
         self.coef_ = P[0]
         self.n_iter_ = int(n_iter[0])
+        # with alpha = 0, coefficients of collinear columns are not identifiable: say
+        # so now, and refuse influence_/summary (whose Hessian is then singular, up to
+        # rounding that would otherwise give meaningless huge numbers)
+        self._collinear = ([] if self.alpha > 0 else
+                           collinear_columns(X, feature_names(self), case_weights, strata))
+        if self._collinear:
+            warnings.warn(collinearity_message(
+                self._collinear, "drop one of them or set a ridge penalty alpha > 0 "
+                "(influence_ and summary need an invertible Hessian)."),
+                UserWarning, stacklevel=2)
         if not converged[0]:
             warnings.warn(f"Newton's method did not converge in {self.max_iter} iterations; "
                           "increase max_iter or set a ridge penalty alpha.",
                           ConvergenceWarning, stacklevel=2)
-        spread = self.coef_ * self._X.std(axis=0)
+        within = self._X  # spread of each column within strata (what the risk sets see)
+        if strata is not None:
+            means = np.zeros((strata.max() + 1, within.shape[1]))
+            np.add.at(means, strata, within)
+            within = within - (means / np.bincount(strata)[:, None])[strata]
+        spread = self.coef_ * within.std(axis=0)
+        spread[np.isin(feature_names(self).astype(str), self._collinear)] = 0.0  # arbitrary
         if np.any(np.abs(spread) > 15):
             warnings.warn(
                 "Some coefficients are very large (a change of one standard deviation "
@@ -292,7 +317,15 @@ class CoxPHInfluence(BaseEstimator):
     def _baseline_frame(self):
         rs = self._risk_sets
         jumps, shift = breslow_cumulative_hazard(self.coef_, self._case_weights, self._X, rs)
-        jumps = jumps * np.exp(-shift[0] - self._mean @ self.coef_)  # at x = 0
+        with np.errstate(over="ignore", under="ignore"):
+            at_zero = jumps * np.exp(-shift[rs.group_stratum] - self._mean @ self.coef_)
+        if not np.all(np.isfinite(at_zero)) or np.any((at_zero == 0) & (jumps > 0)):
+            warnings.warn("baseline_cumulative_hazard_ (at x = 0) is out of floating-point "
+                          "range because x = 0 is far from the data (exp(x @ coef_) "
+                          "overflows or underflows there); center the covariates to read "
+                          "it. Predictions and influence are not affected.", RuntimeWarning,
+                          stacklevel=3)
+        jumps = at_zero
         columns = {}
         for s in range(rs.n_strata):
             in_s = rs.group_stratum == s
@@ -421,7 +454,7 @@ class CoxPHInfluence(BaseEstimator):
         solver : {"auto", "direct", "cg"}, default="auto"
         damping : float, default=0.0
         n_jobs : int, default=None
-            joblib workers over chunks of units.
+            Number of joblib workers over chunks of units.
         verbose : int, default=0
             Print progress to stderr.
 
@@ -434,6 +467,7 @@ class CoxPHInfluence(BaseEstimator):
         check_is_fitted(self)
         check_choice(target, "target", TARGETS)
         damping = check_influence_options(method, solver, damping)
+        check_identifiable(self, damping)
         n = self._X.shape[0]
         units, group_labels = units_from_groups(groups, n)
         units = check_units(units, n)
@@ -530,6 +564,7 @@ class CoxPHInfluence(BaseEstimator):
         else:
             if groups is not None:
                 raise ValueError("groups is only used with robust=True.")
+            check_identifiable(self, 0.0)
             p = self.coef_.size
             hess = HessianSolver(self._loss(), self.coef_, np.ones(self._X.shape[0]),
                                  solver="direct")

@@ -26,6 +26,8 @@ differences would cancel catastrophically.
 import numpy as np
 from scipy.special import digamma
 
+from ._objective import stratum_max
+
 __all__ = ["gradient_changes", "hessian_changes", "weight_derivatives"]
 
 _RATIO = 0.1        # series terms are used only where r / a <= _RATIO
@@ -133,7 +135,7 @@ def _group_intervals(rs, before_own_death=None):
 def _risk_statistics(params, X, rs, w, ties):
     """Shifted risk scores and the slots of every tie group."""
     eta = X @ params
-    r = w * np.exp(eta - eta.real.max())
+    r = w * np.exp(eta - stratum_max(eta, rs)[rs.row_stratum])  # log-sum-exp shift per stratum
     S0, S1 = rs.risk_sums(r), rs.risk_sums(r * X.T)
     D0, D1 = rs.death_sums(r), rs.death_sums(r * X.T)
     W = rs.death_sums(w)

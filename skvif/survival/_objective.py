@@ -64,6 +64,9 @@ class RiskSets:
 
         # risk-set sums as differences of cumulative sums in (stratum, -time) order
         self.time_order, self.time_lo, self.time_hi = self._bounds(codes, time)
+        # where each stratum starts in time_order (clipped: a test set may lack strata)
+        self.stratum_starts = np.minimum(
+            np.searchsorted(codes[self.time_order], np.arange(self.n_strata)), max(n - 1, 0))
         if entry is not None:
             self.entry_order, self.entry_lo, self.entry_hi = self._bounds(
                 codes, np.asarray(entry, dtype=float))
@@ -102,11 +105,24 @@ class RiskSets:
                                  self.death_bounds[1:])
 
 
-def _shifted_risk(X, params, weights):
-    """Linear predictor, a stop-gradient shift per problem and ``w exp(eta - shift)``."""
+def stratum_max(eta, rs):
+    """Largest real part of ``eta`` in each stratum, shape (..., n_strata).
+
+    The log-sum-exp shift of the risk-set sums. It is taken per stratum (risk
+    sets never cross strata), so that strata whose linear predictors differ by
+    more than ~700 do not underflow to empty risk sets.
+    """
+    e = np.real(getval(eta))
+    if rs.n_strata == 1:
+        return np.max(e, axis=-1, keepdims=True)
+    return np.maximum.reduceat(e[..., rs.time_order], rs.stratum_starts, axis=-1)
+
+
+def _shifted_risk(X, params, weights, rs):
+    """Linear predictor, a stop-gradient shift per stratum and ``w exp(eta - shift)``."""
     eta = anp.dot(params, X.T)
-    shift = np.max(getval(eta), axis=-1, keepdims=True)
-    return eta, shift, weights * anp.exp(eta - shift)
+    shift = stratum_max(eta, rs)
+    return eta, shift, weights * anp.exp(eta - shift[..., rs.row_stratum])
 
 
 def _group_log_terms(rs, weights, risk, ties, count_weights):
@@ -171,23 +187,24 @@ def negative_log_partial_likelihood(params, weights, X, rs, ties="efron", alpha=
     with :math:`\bar w_g = \sum_{D_g} w_i / d_g` (Efron, as R's ``coxph``).
     Breslow drops the :math:`k/d_g` term.
     """
-    eta, shift, risk = _shifted_risk(X, params, weights)
+    eta, shift, risk = _shifted_risk(X, params, weights, rs)
     log_terms = _group_log_terms(rs, weights, risk, ties, count_weights)
     death_mask = np.zeros(rs.n_samples)
     death_mask[rs.deaths] = 1.0
-    fitted = anp.sum(weights * death_mask * eta, axis=-1)
-    total_death_weight = anp.sum(weights * death_mask, axis=-1)
-    nll = anp.sum(log_terms, axis=-1) + total_death_weight * shift[..., 0] - fitted
+    # each group's log terms were shifted by its death weight times its stratum's shift
+    fitted = anp.sum(weights * death_mask * (eta - shift[..., rs.row_stratum]), axis=-1)
+    nll = anp.sum(log_terms, axis=-1) - fitted
     return nll + 0.5 * alpha * anp.sum(params * params, axis=-1)
 
 
 def breslow_cumulative_hazard(params, weights, X, rs):
     """Breslow baseline cumulative hazard jumps, shifted.
 
-    Returns ``(hazard, shift)``: ``hazard[..., g]`` times ``exp(-shift)`` is the
-    increment of the baseline cumulative hazard (at ``x = 0``) at group ``g``.
+    Returns ``(hazard, shift)``: ``hazard[..., g]`` times
+    ``exp(-shift[..., rs.group_stratum[g]])`` is the increment of the baseline
+    cumulative hazard (at ``x = 0``) at group ``g``.
     """
-    _, shift, risk = _shifted_risk(X, params, weights)
+    _, shift, risk = _shifted_risk(X, params, weights, rs)
     S = rs.risk_sums(risk)
     W = rs.death_sums(weights)
     return W / anp.where(getval(W) > 0, S, 1.0), shift
@@ -204,5 +221,5 @@ def survival_probabilities(params, weights, X, rs, X_new, strata_new, times):
         idx[s] = lo[s] + np.searchsorted(rs.group_time[lo[s]:hi], times, side="right")
     base = cum[idx] - cum[lo][:, None]  # (n_strata, n_times), shifted
     eta_new = anp.dot(X_new, params)
-    hazard = base[strata_new] * anp.exp(eta_new - shift[0])[:, None]
+    hazard = base[strata_new] * anp.exp(eta_new - shift[strata_new])[:, None]
     return anp.exp(-hazard)
