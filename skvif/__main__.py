@@ -73,6 +73,8 @@ def cox(args, out=None):
     frame, duration, event, source = _load(args)
     if args.top < 0:
         raise ValueError("--top must be >= 0.")
+    if not (np.isfinite(args.alpha) and args.alpha >= 0):
+        raise ValueError(f"--alpha must be a finite number >= 0, got {args.alpha}.")
     X = _design_columns(frame, args, duration, event)
     non_numeric = [str(c) for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
     if non_numeric:
@@ -85,12 +87,13 @@ def cox(args, out=None):
     if not np.all(np.isfinite(X.to_numpy(dtype=float))):
         raise ValueError("the covariates contain infinite values.")
     column = (lambda name: None if name is None else frame[name])
-    model = CoxPHInfluence().fit(X, frame[[duration, event]], column(args.weights),
+    model = CoxPHInfluence(ties=args.ties, alpha=args.alpha).fit(X, frame[[duration, event]], column(args.weights),
                                  strata=column(args.strata), entry=column(args.entry))
     if model._collinear:  # the fit checked the design (rows of positive weight, strata)
         raise ValueError(f"covariate column(s) {', '.join(model._collinear)} are collinear "
                          "or constant (within strata), so their coefficients are not "
-                         "identifiable; drop one of them.")
+                         "identifiable; drop one of them or set a ridge penalty "
+                         "--alpha > 0.")
     groups = column(args.id)
     # with --id a unit is a subject (all its rows), and the standard errors are
     # R's robust ones clustered by subject (coxph(..., cluster(id)))
@@ -151,6 +154,10 @@ def main(argv=None):
                    help="subject / cluster id column: influence per subject and robust "
                         "standard errors clustered by it (R cluster())")
     p.add_argument("--weights", metavar="COL", help="case weight column (R weights=)")
+    p.add_argument("--ties", choices=["efron", "breslow"], default="efron",
+                   help="handling of tied event times (default efron, as R and lifelines)")
+    p.add_argument("--alpha", type=float, default=0.0,
+                   help="ridge penalty alpha/2 ||beta||^2 on the coefficients (default 0)")
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:

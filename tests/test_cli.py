@@ -137,7 +137,9 @@ BAD_INPUT = {
     "same column twice": (OK, "--data {path} --duration t --event t", "must all be different"),
     "negative --top": (OK, DATA + " --top -2", "--top must be >= 0"),
     "non-integer --top": (OK, DATA + " --top 2.5", "argument --top: invalid int value: '2.5'"),
-    "unknown option": (OK, DATA + " --alpha 1", "unrecognized arguments: --alpha 1"),
+    "unknown option": (OK, DATA + " --lambda 1", "unrecognized arguments: --lambda 1"),
+    "negative --alpha": (OK, DATA + " --alpha -1", "--alpha must be a finite number >= 0"),
+    "unknown --ties": (OK, DATA + " --ties exact", "argument --ties: invalid choice: 'exact'"),
     "non-numeric covariate": (OK.assign(sex=["m", "f"] * 15), DATA,
                               "non-numeric covariate column(s): sex"),
     "non-numeric duration": (OK.assign(t="soon"), DATA, "the duration column 't' must be numeric"),
@@ -188,3 +190,30 @@ def test_a_fit_warning_is_reported_on_stderr_after_a_successful_run(tmp_path, ca
     lines = err.strip().splitlines()
     assert lines and all(line.startswith("skvif: warning: ") for line in lines)
     assert any("monotone" in line for line in lines)
+
+
+def test_alpha_and_ties_reach_the_fit(tmp_path, capsys):
+    # a ridge penalty makes collinear covariates identifiable; on columns of unit
+    # sample standard deviation lifelines' penalizer c equals alpha = n c
+    from lifelines import CoxPHFitter
+
+    frame = OK.assign(x=OK.x / OK.x.std(), z=OK.z / OK.z.std())
+    frame = frame.assign(x2=frame.x)  # collinear: only fits with a penalty
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    alpha = 3.0
+    code, out, err = run_in_process(
+        ["cox", *DATA.format(path=path).split(), "--alpha", str(alpha), "--ties", "breslow",
+         "--top", "0", "--out", str(tmp_path / "out.csv")], capsys)
+    assert code == 0, err
+    reference = CoxPHFitter(penalizer=alpha / len(frame)).fit(
+        frame, "t", "e", fit_options={"precision": 1e-12})
+    model = CoxPHInfluence(alpha=alpha, ties="breslow").fit(frame.drop(columns=["t", "e"]),
+                                                           frame[["t", "e"]])
+    written = pd.read_csv(tmp_path / "out.csv", index_col="row")
+    np.testing.assert_allclose(written[["x", "z", "x2"]].to_numpy(), model.influence_(),
+                               rtol=1e-10)
+    # lifelines has only Efron ties: compare the penalty on the Efron fit
+    efron = CoxPHInfluence(alpha=alpha).fit(frame.drop(columns=["t", "e"]), frame[["t", "e"]])
+    np.testing.assert_allclose(efron.coef_, reference.params_[["x", "z", "x2"]], rtol=1e-5)
+    assert not np.allclose(model.coef_, efron.coef_)
