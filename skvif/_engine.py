@@ -37,6 +37,8 @@ AUTO_CG_MIN_PARAMS = 2000
 # Conjugate gradients usually need about this many Hessian-vector products per
 # right-hand side; a dense Hessian costs p of them plus a factorization.
 _CG_PRODUCTS_PER_SOLVE = 20
+# Newton stops (not converged) after this many iterations without a decrease.
+_FLAT_ITERATIONS = 10
 # Leave-out problems evaluated together hold about this many weights at once.
 _CHUNK_ELEMENTS = 2**21
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
@@ -123,7 +125,11 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0):
         A problem has converged once a full Newton step moves no parameter by
         more than ``tol * (1 + max |params|)``.
     max_iter : int
-        Maximum number of Newton iterations.
+        Maximum number of Newton iterations. A problem whose objective has not
+        decreased measurably (by more than ``1e-13 (1 + |objective|)``) for
+        ``10`` iterations in a row while its steps stay large is stopped
+        earlier, not converged: its infimum lies at infinity (e.g. a monotone
+        likelihood), which Newton's method approaches forever.
     damping : float
         Added to the Hessian's diagonal.
 
@@ -146,8 +152,10 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0):
     f = np.asarray(lossb(P, W), dtype=float)
     n_iter = np.zeros(k, dtype=int)
     converged = np.zeros(k, dtype=bool)
+    stopped = np.zeros(k, dtype=bool)
+    flat = np.zeros(k, dtype=int)  # consecutive iterations without a measurable decrease
     for _ in range(max_iter):
-        act = np.flatnonzero(~converged)
+        act = np.flatnonzero(~(converged | stopped))
         if act.size == 0:
             break
         Pa, Wa, fa = P[act], W[act], f[act]
@@ -185,6 +193,8 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0):
         small = np.max(np.abs(step), axis=1) <= tol * scale
         stuck = ~accepted  # no decrease possible in floating point: at the optimum
         converged[act[small | stuck]] = True
+        flat[act] = np.where(fa - f_new <= slack, flat[act] + 1, 0)
+        stopped[act] = ~converged[act] & (flat[act] >= _FLAT_ITERATIONS)
     return P, n_iter, converged
 
 
@@ -435,8 +445,10 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         out = _map_chunks(refit, units, n, batched, n_jobs, verbose, "refits")
         not_converged, singular = out[:, -2] > 0, out[:, -1] > 0
         if not_converged.any():
-            warnings.warn(f"{not_converged.sum()} leave-one-out refits did not converge in "
-                          f"{max_iter} iterations (units at positions "
+            warnings.warn(f"{not_converged.sum()} leave-one-out refits did not converge "
+                          f"within {max_iter} Newton iterations, or stopped where their "
+                          "objective no longer decreased (a monotone or flat objective "
+                          f"without the unit; units at positions "
                           f"{_positions(not_converged)}).", ConvergenceWarning, stacklevel=3)
         if singular.any():
             warnings.warn(

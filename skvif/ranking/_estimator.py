@@ -231,8 +231,8 @@ class ListwiseRankerInfluence(BaseEstimator):
                 self._collinear, "drop one of them or set a ridge penalty alpha > 0 "
                 "(influence_ needs an invertible Hessian). A column constant within "
                 "every query counts as constant."), UserWarning, stacklevel=2)
-        if not converged[0]:
-            warnings.warn(f"Newton's method did not converge in {self.max_iter} iterations; "
+        if not converged[0] and not self._collinear:  # (collinearity is warned above)
+            warnings.warn(f"Newton's method did not converge in {self.n_iter_} iterations; "
                           "increase max_iter or the ridge penalty alpha.",
                           ConvergenceWarning, stacklevel=2)
         return self

@@ -288,9 +288,15 @@ class CoxPHInfluence(BaseEstimator):
                 self._collinear, "drop one of them or set a ridge penalty alpha > 0 "
                 "(influence_ and summary need an invertible Hessian)."),
                 UserWarning, stacklevel=2)
-        if not converged[0]:
-            warnings.warn(f"Newton's method did not converge in {self.max_iter} iterations; "
-                          "increase max_iter or set a ridge penalty alpha.",
+        if not converged[0] and not self._collinear:  # (collinearity is warned above)
+            reason = (f"stopped after {self.n_iter_} iterations: the partial likelihood no "
+                      "longer increases but the steps do not shrink, so it is probably "
+                      "monotone (a covariate separates events from non-events) or the "
+                      "design is ill-conditioned"
+                      if self.n_iter_ < self.max_iter else
+                      f"did not converge in {self.max_iter} iterations")
+            advice = "" if self.n_iter_ < self.max_iter else "increase max_iter or "
+            warnings.warn(f"Newton's method {reason}; {advice}set a ridge penalty alpha.",
                           ConvergenceWarning, stacklevel=2)
         within = self._X  # spread of each column within strata (what the risk sets see)
         if strata is not None:
