@@ -198,6 +198,24 @@ def test_loo_equals_independent_refits(rossi_fit):
         np.testing.assert_allclose(loo[u], ref, atol=1e-7)
 
 
+def test_penalized_loo_equals_refits_from_scratch():
+    # alpha > 0: the refits are accepted from fixed-Hessian iterations without a
+    # Newton step (strongly convex objective); the reference is a fresh fit of
+    # the data without the unit (Newton from zero, itself checked against
+    # lifelines' penalized fits above)
+    X, y = rossi()
+    alpha = 20.0
+    model = CoxPHInfluence(alpha=alpha).fit(X, y)
+    pairs = np.arange(len(X)) // 2
+    loo = model.influence_(method="loo", groups=pairs)
+    rows = model.influence_(method="loo")
+    for g in [0, 50, 215]:
+        ref = refit_without(X, y, np.flatnonzero(pairs == g), alpha=alpha).coef_
+        np.testing.assert_allclose(loo[g], ref - model.coef_, atol=1e-8)
+        ref = refit_without(X, y, [g], alpha=alpha).coef_
+        np.testing.assert_allclose(rows[g], ref - model.coef_, atol=1e-8)
+
+
 @pytest.mark.parametrize("method,min_r", [("vif", 0.99), ("newton", 0.999), ("if", 0.99)])
 def test_coef_influence_correlates_with_refits(rossi_fit, method, min_r):
     X, y, model, loo = rossi_fit

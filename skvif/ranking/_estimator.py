@@ -416,7 +416,7 @@ class ListwiseRankerInfluence(BaseEstimator):
         result = influence(self._objective(), self.coef_.copy(), n, units, method=method,
                            solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
                            tol=min(self.tol, 1e-10), max_iter=self.max_iter,
-                           verbose=verbose, **spec)
+                           verbose=verbose, strongly_convex=self.alpha > 0, **spec)
         if as_frame:
             return pd.DataFrame(result, index=index, columns=columns)
         return result

@@ -515,7 +515,8 @@ class CoxPHInfluence(BaseEstimator):
         result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
                            damping=damping, n_jobs=n_jobs, batched=True,
                            loss_if=self._loss(smooth=True), tol=self.tol,
-                           max_iter=self.max_iter, verbose=verbose, **spec)
+                           max_iter=self.max_iter, verbose=verbose,
+                           strongly_convex=self.alpha > 0, **spec)
         index = group_labels if group_labels is not None else self._row_labels
         if target == "loss":
             result = result[:, 0]
