@@ -475,6 +475,7 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     """
     theta = params
     n = n_samples
+    n_jobs = check_n_jobs(n_jobs)
     ones = np.ones(n)
     lossb = _as_batched(loss, batched)
 
@@ -697,6 +698,17 @@ def check_nonnegative(value, name):
             or not np.isfinite(value) or value < 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
     return float(value)
+
+
+def check_n_jobs(n_jobs):
+    if n_jobs is None:
+        return None
+    if not isinstance(n_jobs, numbers.Integral) or isinstance(n_jobs, bool):
+        raise TypeError(f"n_jobs must be None or an integer, got {n_jobs!r}.")
+    if n_jobs == 0:
+        raise ValueError("n_jobs must not be 0: use None or 1 (serial), k > 1 workers, "
+                         "or -1 (all cores).")
+    return int(n_jobs)
 
 
 def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solver="auto",

@@ -317,6 +317,8 @@ VIF_CASES = [
     (dict(solver="lsqr"), ValueError, "solver must be one of"),
     (dict(damping=-0.1), ValueError, "damping must be a finite number >= 0"),
     (dict(damping=np.nan), ValueError, "damping must be a finite number >= 0"),
+    (dict(n_jobs=0), ValueError, "n_jobs must not be 0"),
+    (dict(n_jobs="2"), TypeError, "n_jobs must be None or an integer, got '2'"),
     (dict(units=[[4]]), ValueError, "units[0] has indices outside [0, 4)"),
     (dict(units=[[0.5]]), TypeError, "units[0] must hold integer indices"),
     (dict(units=[]), TypeError, "units must be None or a non-empty list"),
