@@ -2,7 +2,7 @@
 
 import numpy as np
 import pandas as pd
-from sklearn.utils.validation import _num_samples
+from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
 from ._engine import METHODS, SOLVERS, check_choice, check_nonnegative
 
@@ -115,6 +115,20 @@ def check_identifiable(estimator, damping):
         raise ValueError(collinearity_message(
             collinear, "the Hessian is singular. Set a ridge penalty alpha > 0 on the "
             "estimator, or damping > 0 in influence_."))
+
+
+def validate_X(estimator, X, **kwargs):
+    """``validate_data`` to floats, naming non-numeric DataFrame columns first."""
+    check_numeric_columns(X)
+    return validate_data(estimator, X, dtype=float, **kwargs)
+
+
+class FittedInputMixin:
+    """``_validate_X``: new rows for a fitted estimator (fitted, numeric, same features)."""
+
+    def _validate_X(self, X):
+        check_is_fitted(self)
+        return validate_X(self, X, reset=False)
 
 
 def units_from_groups(groups, n_samples, name="groups"):

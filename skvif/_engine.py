@@ -265,13 +265,11 @@ class HessianSolver:
     :class:`~scipy.sparse.linalg.LinearOperator`, never forming ``H``.
     """
 
-    def __init__(self, loss, params, weights, *, solver="auto", damping=0.0,
+    def __init__(self, loss, params, weights, *, solver, damping=0.0,
                  cg_rtol=1e-10, cg_maxiter=None):
         self.params = params
         self.damping = float(damping)
         p = params.size
-        if solver == "auto":
-            solver = "cg" if p >= AUTO_CG_MIN_PARAMS else "direct"
         self.solver = solver
         gradient = grad(loss)
         self._hvp = grad(lambda th, v: anp.dot(gradient(th, weights), v))
@@ -546,9 +544,11 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     # chunk size of the local fast paths: at most about _CHUNK_ELEMENTS numbers
     # in a chunk's (k, p, p) Hessian changes
     local_size = max(1, _CHUNK_ELEMENTS // (theta.size * theta.size))
-    dense = solver == "direct" or (solver == "auto" and theta.size < AUTO_CG_MIN_PARAMS)
+    # "newton" needs a Hessian per unit: dense below AUTO_CG_MIN_PARAMS
+    newton_cg = solver == "cg" or (solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS)
 
-    if method == "newton" and grad_change is not None and hess_change is not None and dense:
+    if (method == "newton" and grad_change is not None and hess_change is not None
+            and not newton_cg):
         g_full = grad(loss)(theta, ones)
         H_full = _batch_hessians(lossb, theta[None], ones[None])[0]
         H_full = H_full + damping * np.eye(theta.size)
@@ -564,15 +564,14 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         delta = _warn_singular_newton(delta)
         out = delta if J is None else delta @ J.T
     elif method == "newton":
-        use_cg = solver == "cg" or (solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS)
-        scale = None if use_cg or saddle_free else _hessian_scale(
+        scale = None if newton_cg or saddle_free else _hessian_scale(
             _batch_hessians(lossb, theta[None], ones[None])[0] + damping * np.eye(theta.size))
 
         def newton(chunk):
             W = _leave_out_weights(chunk, n)
             P = np.tile(theta, (len(chunk), 1))
             g = _batch_grad(lossb, P, W)
-            if use_cg:
+            if newton_cg:
                 return np.column_stack([-np.stack([
                     HessianSolver(loss, theta, W[i], solver="cg", damping=damping).solve(g[i])
                     for i in range(len(chunk))]), np.zeros(len(chunk))])

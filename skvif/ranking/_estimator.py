@@ -10,11 +10,11 @@ from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import ndcg_score
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import (_check_sample_weight, _num_samples, check_is_fitted,
-                                      validate_data)
+from sklearn.utils.validation import _check_sample_weight, _num_samples, check_is_fitted
 
-from .._base import (check_identifiable, check_influence_options, check_numeric_columns,
-                     collinear_columns, collinearity_message, feature_names, row_labels)
+from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
+                     collinear_columns, collinearity_message, feature_names, row_labels,
+                     validate_X)
 from .._engine import check_choice, check_units, influence, minimize
 from ._objective import (LOSSES, LocalChanges, Lists, objective, query_weighted_objective,
                          test_losses)
@@ -68,7 +68,7 @@ def _linear_target(params, *, X_new):
     return X_new @ params
 
 
-class ListwiseRankerInfluence(BaseEstimator):
+class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
     r"""Linear listwise learning-to-rank (ListNet or ListMLE) with influence.
 
     Fits linear scores ``s = X @ coef_`` (no intercept: a constant score does
@@ -211,8 +211,7 @@ class ListwiseRankerInfluence(BaseEstimator):
         n = _num_samples(X)
         y = _check_labels(y, n)
         qid = _check_qid(qid, n)
-        check_numeric_columns(X)
-        X = validate_data(self, X, dtype=float, copy=True)
+        X = validate_X(self, X, copy=True)
         self._row_labels = labels
         self._lists = Lists(X, y, qid)  # the training data, kept for influence_
         self.queries_ = self._lists.queries
@@ -241,11 +240,6 @@ class ListwiseRankerInfluence(BaseEstimator):
         return partial(objective, lists=self._lists, loss=self.loss, alpha=float(self.alpha))
 
     # -------------------------------------------------------------- predict
-    def _validate_X(self, X):
-        check_is_fitted(self)
-        check_numeric_columns(X)
-        return validate_data(self, X, dtype=float, reset=False)
-
     def predict(self, X):
         """Linear scores ``X @ coef_`` (higher ranks first).
 

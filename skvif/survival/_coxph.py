@@ -12,12 +12,11 @@ from scipy import stats
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import (_check_sample_weight, check_is_fitted,
-                                      validate_data)
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from .._base import (check_identifiable, check_influence_options, check_labels,
-                     check_numeric_columns, collinear_columns, collinearity_message,
-                     feature_names, row_labels, units_from_groups)
+from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
+                     check_labels, collinear_columns, collinearity_message, feature_names,
+                     row_labels, units_from_groups, validate_X)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
 from ._fast import gradient_changes, hessian_changes, weight_derivatives
 from ._objective import (RiskSets, breslow_cumulative_hazard,
@@ -121,7 +120,7 @@ def _test_loss_target(params, *, X, risk_sets, ties):
                                            ties)[None]
 
 
-class CoxPHInfluence(BaseEstimator):
+class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     r"""Cox proportional hazards model with influence diagnostics.
 
     Fits the Cox model by Newton's method and reports how each training row (or
@@ -245,8 +244,7 @@ class CoxPHInfluence(BaseEstimator):
         """
         self._validate_params()
         labels = row_labels(X)
-        check_numeric_columns(X)
-        X = validate_data(self, X, dtype=float, ensure_min_samples=2)
+        X = validate_X(self, X, ensure_min_samples=2)
         n = X.shape[0]
         event, time = check_survival_y(y, n)
         case_weights = _check_sample_weight(sample_weight, X, dtype=float,
@@ -343,11 +341,6 @@ class CoxPHInfluence(BaseEstimator):
         return frame
 
     # -------------------------------------------------------------- predict
-    def _validate_X(self, X):
-        check_is_fitted(self)
-        check_numeric_columns(X)
-        return validate_data(self, X, dtype=float, reset=False)
-
     def predict(self, X):
         """Linear predictor ``X @ coef_`` (higher means higher risk).
 

@@ -82,22 +82,6 @@ def _own_group_change(rs, X, w, r, S0, S1, D0, D1, W, n_present, ties, a, m, c, 
     return out
 
 
-def hessian_changes(params, X, rs, case_weights, ties, step=1e-30):
-    """``H(params; all rows) - H(params; without row u)`` for every row, shape (n, p, p).
-
-    The derivative of :func:`gradient_changes` by the complex step
-    ``Im g(params + i h e_j) / h``: exact to rounding (no difference of two
-    nearby numbers), ``p`` evaluations of the ``O(n p)`` gradient changes.
-    """
-    p = params.size
-    out = np.empty((X.shape[0], p, p))
-    for j in range(p):
-        shifted = params.astype(complex)
-        shifted[j] += 1j * step
-        out[:, :, j] = gradient_changes(shifted, X, rs, case_weights, ties).imag / step
-    return 0.5 * (out + np.swapaxes(out, 1, 2))
-
-
 def _exact_pairs(rows, slot_cols, lo, hi, r, X, a, m, c, out):
     """Add ``-r_u sum_s c_s (m_s - x_u) / (a_s - r_u)`` over ``slot_cols`` in each row's interval."""
     if rows.size == 0 or slot_cols.size == 0:
