@@ -27,7 +27,7 @@ from joblib import Parallel, delayed
 from scipy.sparse.linalg import LinearOperator, cg
 from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["vif", "METHODS", "SOLVERS"]
+__all__ = ["vif", "ModelDerivatives", "METHODS", "SOLVERS"]
 
 METHODS = ("vif", "if", "newton", "loo")
 SOLVERS = ("auto", "direct", "cg")
@@ -47,6 +47,37 @@ _CHUNK_ELEMENTS = 2**21
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
 # is treated as singular.
 _SINGULAR_RCOND = 1e-12
+
+
+class ModelDerivatives:
+    """Protocol: closed forms a model may hand the engine instead of autograd.
+
+    The engine never needs any of these: each one replaces a generic autograd
+    computation on the loss, must return the same numbers (every model's tests
+    differential-test its closed forms against the generic path) and is looked
+    up by name, so a model implements only what it has. Subclassing this class
+    is optional; it only documents the protocol.
+
+    Methods a model may provide (all at the fitted params, weights of ones
+    unless said otherwise):
+
+    ``gradient_changes(units) -> (k, p)``
+        ``grad L(params; 1) - grad L(params; w^(-u))`` for each of the ``k``
+        units of a chunk (a list of index arrays): ``method="vif"`` and
+        ``"newton"``.
+    ``hessian_changes(units) -> (k, p, p)``
+        ``H(params; 1) - H(params; w^(-u))`` likewise: with
+        ``gradient_changes``, ``method="newton"`` without evaluating the full
+        loss once per unit.
+    ``weight_derivatives() -> (p, n)``
+        The derivatives of ``grad loss_if(params; w)`` in each weight at
+        ``w = 1``: ``method="if"``.
+    """
+
+
+def _provided(derivatives, name):
+    """The model's closed form ``name``, or ``None`` (then the engine uses autograd)."""
+    return getattr(derivatives, name, None) if derivatives is not None else None
 
 
 # --------------------------------------------------------------------------
@@ -429,8 +460,8 @@ def _jacobian(fun, x):
 # --------------------------------------------------------------------------
 def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
               method="vif", solver="auto", damping=0.0, n_jobs=None, batched=False,
-              loss_if=None, tol=1e-10, max_iter=100, verbose=0, grad_change=None,
-              hess_change=None, saddle_free=False, dgrad_dw=None, strongly_convex=False):
+              loss_if=None, tol=1e-10, max_iter=100, verbose=0, derivatives=None,
+              saddle_free=False, strongly_convex=False):
     """Influence of removing each unit; the engine behind every ``influence_``.
 
     Inputs are assumed valid (see :func:`vif` for the checked public entry).
@@ -443,21 +474,10 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     loss_if : callable or None
         The loss whose weight derivative ``method="if"`` linearizes (defaults
         to ``loss``); it must equal ``loss`` at unit weights.
-    grad_change : callable or None
-        Optional fast path for losses where a unit touches few terms (e.g.
-        one query of a ranking loss): ``grad_change(units_chunk)`` returns the
-        ``(k, p)`` array of ``grad L(params; 1) - grad L(params; w^(-u))`` for
-        the ``k`` units of a chunk. ``"vif"`` and ``"newton"`` then use it
-        instead of the generic batched leave-out gradients; it must agree with
-        them (the estimator's tests check this).
-    hess_change : callable or None
-        Likewise ``(k, p, p)`` arrays of ``H(params; 1) - H(params; w^(-u))``;
-        with ``grad_change`` it lets ``"newton"`` (dense solver) avoid
-        evaluating the full loss once per unit.
-    dgrad_dw : callable or None
-        A model's fast path for ``method="if"``: ``dgrad_dw()`` returns the
-        ``(p, n)`` derivatives of ``grad loss_if(params; w)`` in each weight at
-        ``w = 1`` (otherwise ``p`` reverse passes of autograd).
+    derivatives : object or None
+        The model's closed forms (see :class:`ModelDerivatives`): any of
+        ``gradient_changes``, ``hessian_changes``, ``weight_derivatives``; the
+        engine uses autograd for what it does not provide.
     saddle_free : bool
         For non-convex objectives, whose leave-out Hessian ``H_{-u} = V Lambda V^T``
         can be indefinite at ``params``: ``"newton"`` (generic dense path) then
@@ -474,6 +494,9 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     theta = params
     n = n_samples
     n_jobs = check_n_jobs(n_jobs)
+    grad_change = _provided(derivatives, "gradient_changes")
+    hess_change = _provided(derivatives, "hessian_changes")
+    dgrad_dw = _provided(derivatives, "weight_derivatives")
     ones = np.ones(n)
     lossb = _as_batched(loss, batched)
 

@@ -402,8 +402,7 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
                 spec["target"] = partial(test_losses, lists=test, loss=self.loss)
                 columns = pd.Index(test.queries, name="query")
         if method in ("vif", "newton"):
-            local = LocalChanges(lists, self.loss, self.coef_)
-            spec.update(grad_change=local.grad_change, hess_change=local.hess_change)
+            spec["derivatives"] = LocalChanges(lists, self.loss, self.coef_)
         elif method == "if" and unit == "query":
             spec["loss_if"] = partial(query_weighted_objective, lists=lists, loss=self.loss,
                                       alpha=float(self.alpha))

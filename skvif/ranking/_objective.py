@@ -190,8 +190,8 @@ class LocalChanges:
     ``d`` the derivative of the list loss in the scores (and likewise for the
     Hessian with the score Hessians). Each unit is evaluated on its own copy
     of its list (``max_items`` positions) instead of on all ``n`` rows: the
-    cost of all single-item removals is ``O(n * max_items * p)``. Callables
-    for the engine's ``grad_change`` and ``hess_change``; they use the same
+    cost of all single-item removals is ``O(n * max_items * p)``. The engine's
+    ``derivatives`` (:class:`skvif._engine.ModelDerivatives`); they use the same
     :func:`list_losses` as the objective, and tests check them against the
     engine's generic batched path.
     """
@@ -229,13 +229,13 @@ class LocalChanges:
         W[owner, lists.row_position[rows]] = 0.0
         return q, W
 
-    def grad_change(self, units):
+    def gradient_changes(self, units):
         """``(k, p)``: full-data gradient minus leave-out gradient, per unit."""
         q, W = self._copies(units)
         d = self._d_full[q] - self._score_grad(self.S[q], W, self.lists.labels[q])
         return np.einsum("kl,klp->kp", d, self.X3[q])
 
-    def hess_change(self, units):
+    def hessian_changes(self, units):
         """``(k, p, p)``: full-data Hessian minus leave-out Hessian, per unit."""
         lists = self.lists
         if self._A_full is None:

@@ -18,7 +18,7 @@ from .._base import (FittedInputMixin, check_identifiable, check_influence_optio
                      check_labels, collinear_columns, collinearity_message, feature_names,
                      row_labels, units_from_groups, validate_X)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
-from ._fast import gradient_changes, hessian_changes, weight_derivatives
+from ._fast import CoxDerivatives
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
 
@@ -105,10 +105,6 @@ def _unit_loss(params, weights, *, X, risk_sets, ties, alpha, case_weights, smoo
 def _survival_target(params, weights, *, X, risk_sets, case_weights, X_new, strata_new, times):
     return anp.ravel(survival_probabilities(params, case_weights * weights, X, risk_sets,
                                            X_new, strata_new, times))
-
-
-def _rows_of(changes, units):
-    return changes[np.concatenate(units)]
 
 
 def _linear_target(params, *, X_new):
@@ -496,15 +492,13 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
                     strata, X_new.shape[0])
                 spec["target"] = partial(_test_loss_target, X=X_new, ties=self.ties,
                                          risk_sets=RiskSets(time, event, None, codes))
-        if method in ("vif", "newton") and groups is None and self._entry is None:
-            # exact leave-one-row-out gradient (and Hessian) changes of every row in O(n p)
-            args = (self.coef_, self._X, self._risk_sets, self._case_weights, self.ties)
-            spec["grad_change"] = partial(_rows_of, gradient_changes(*args))
-            if method == "newton":
-                spec["hess_change"] = partial(_rows_of, hessian_changes(*args))
-        if method == "if":  # R's dfbeta by prefix sums, O(n p)
-            spec["dgrad_dw"] = partial(weight_derivatives, self.coef_, self._X,
-                                       self._risk_sets, self._case_weights, self.ties)
+        # closed forms in O(n p): R's dfbeta by prefix sums ("if", any units), exact
+        # leave-one-row-out gradient and Hessian changes ("vif", "newton": single
+        # rows of right-censored data)
+        if method == "if" or (method in ("vif", "newton") and groups is None
+                              and self._entry is None):
+            spec["derivatives"] = CoxDerivatives(self.coef_, self._X, self._risk_sets,
+                                                 self._case_weights, self.ties)
         result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
                            damping=damping, n_jobs=n_jobs, batched=True,
                            loss_if=self._loss(smooth=True), tol=self.tol,

@@ -28,7 +28,7 @@ from scipy.special import digamma
 
 from ._objective import stratum_max
 
-__all__ = ["gradient_changes", "hessian_changes", "weight_derivatives"]
+__all__ = ["CoxDerivatives", "gradient_changes", "hessian_changes", "weight_derivatives"]
 
 _RATIO = 0.1        # series terms are used only where r / a <= _RATIO
 _TERMS = 16         # _RATIO ** _TERMS ~ 1e-16: the truncation is below rounding
@@ -230,3 +230,31 @@ def hessian_changes(params, X, rs, case_weights, ties, step=1e-30):
         shifted[j] += 1j * step
         out[:, :, j] = gradient_changes(shifted, X, rs, case_weights, ties).imag / step
     return 0.5 * (out + np.swapaxes(out, 1, 2))
+
+
+class CoxDerivatives:
+    """The engine's closed forms for the Cox objective (:class:`skvif._engine.ModelDerivatives`).
+
+    ``weight_derivatives`` holds for any units (the engine sums a unit's
+    rows); ``gradient_changes`` and ``hessian_changes`` remove one row at a
+    time and need right-censored data (no delayed entry). Each is computed for
+    all rows once, on first use.
+    """
+
+    def __init__(self, params, X, rs, case_weights, ties):
+        self._args = (params, X, rs, case_weights, ties)
+        self._cache = {}
+
+    def _rows(self, function, units):
+        if function not in self._cache:
+            self._cache[function] = function(*self._args)
+        return self._cache[function][np.concatenate(units)]
+
+    def gradient_changes(self, units):
+        return self._rows(gradient_changes, units)
+
+    def hessian_changes(self, units):
+        return self._rows(hessian_changes, units)
+
+    def weight_derivatives(self):
+        return weight_derivatives(*self._args)
