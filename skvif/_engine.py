@@ -72,6 +72,16 @@ class ModelDerivatives:
     ``weight_derivatives() -> (p, n)``
         The derivatives of ``grad loss_if(params; w)`` in each weight at
         ``w = 1``: ``method="if"``.
+    ``hessian() -> (p, p)``
+        The full-data Hessian (without damping): the dense solver, the
+        Newton and ``"loo"`` starts (otherwise ``p`` autograd passes).
+    ``hessian_vector_product(v) -> (p,)``
+        ``H v`` for the full-data Hessian: the conjugate-gradient solver.
+    ``gradient_and_hessian(P, W) -> ((k, p), (k, p, p))``
+        Gradients and Hessians of ``k`` problems with params ``P (k, p)``
+        and weights ``W (k, n)`` (any weights, zeros deleting rows exactly as
+        the loss does): the Newton iterations of :func:`minimize` (fits and
+        ``"loo"`` refits).
     """
 
 
@@ -111,6 +121,18 @@ def _batch_hessians(lossb, P, W):
     return 0.5 * (H + np.swapaxes(H, 1, 2))
 
 
+def _batch_gradient_and_hessian(lossb, P, W):
+    return _batch_grad(lossb, P, W), _batch_hessians(lossb, P, W)
+
+
+def _full_hessian(lossb, params, n_samples, derivatives=None):
+    """The full-data Hessian ``(p, p)``: the model's closed form, else ``p`` autograd passes."""
+    closed_form = _provided(derivatives, "hessian")
+    if closed_form is not None:
+        return np.asarray(closed_form(), dtype=float)
+    return _batch_hessians(lossb, params[None], np.ones((1, n_samples)))[0]
+
+
 def _leave_out_weights(units, n_samples, base=None):
     W = np.ones((len(units), n_samples)) if base is None else np.tile(base, (len(units), 1))
     for i, idx in enumerate(units):
@@ -144,7 +166,8 @@ def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=No
 # --------------------------------------------------------------------------
 # minimization (fits and exact refits)
 # --------------------------------------------------------------------------
-def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessians=False):
+def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessians=False,
+             derivatives=None):
     """Minimize ``k`` problems at once by damped Newton steps with step halving.
 
     Parameters
@@ -169,6 +192,9 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     return_hessians : bool
         Also return each problem's Hessian (without damping) at its last
         iteration, i.e. one (converged: tiny) step before ``P``.
+    derivatives : object, default=None
+        The model's closed forms (:class:`ModelDerivatives`); its
+        ``gradient_and_hessian``, when provided, replaces autograd.
 
     Returns
     -------
@@ -188,6 +214,8 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     """
     P = np.array(P0, dtype=float)
     k, p = P.shape
+    gradient_and_hessian = _provided(derivatives, "gradient_and_hessian") or partial(
+        _batch_gradient_and_hessian, lossb)
     f = np.asarray(lossb(P, W), dtype=float)
     n_iter = np.zeros(k, dtype=int)
     converged = np.zeros(k, dtype=bool)
@@ -199,8 +227,7 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
         if act.size == 0:
             break
         Pa, Wa, fa = P[act], W[act], f[act]
-        g = _batch_grad(lossb, Pa, Wa)
-        H = _batch_hessians(lossb, Pa, Wa)
+        g, H = gradient_and_hessian(Pa, Wa)
         if return_hessians:
             hessians[act] = H
         H = H + damping * np.eye(p)
@@ -297,15 +324,24 @@ class HessianSolver:
     """
 
     def __init__(self, loss, params, weights, *, solver, damping=0.0,
-                 cg_rtol=1e-10, cg_maxiter=None):
+                 cg_rtol=1e-10, cg_maxiter=None, derivatives=None):
         self.params = params
         self.damping = float(damping)
         p = params.size
         self.solver = solver
-        gradient = grad(loss)
-        self._hvp = grad(lambda th, v: anp.dot(gradient(th, weights), v))
+        # the model's closed forms (ModelDerivatives) hold at unit weights only
+        unit_weights = np.all(np.asarray(weights) == 1.0)
+        closed_form = _provided(derivatives, "hessian_vector_product") if unit_weights else None
+        if closed_form is not None:
+            self._hvp = lambda th, v: closed_form(v)
+        else:
+            gradient = grad(loss)
+            self._hvp = grad(lambda th, v: anp.dot(gradient(th, weights), v))
         if solver == "direct":
-            H = _batch_hessians(_as_batched(loss, False), params[None], weights[None])[0]
+            if unit_weights and _provided(derivatives, "hessian") is not None:
+                H = _full_hessian(None, params, weights.size, derivatives)
+            else:
+                H = _batch_hessians(_as_batched(loss, False), params[None], weights[None])[0]
             self._factor(H + self.damping * np.eye(p))
         else:
             self.cg_rtol = cg_rtol
@@ -475,9 +511,8 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         The loss whose weight derivative ``method="if"`` linearizes (defaults
         to ``loss``); it must equal ``loss`` at unit weights.
     derivatives : object or None
-        The model's closed forms (see :class:`ModelDerivatives`): any of
-        ``gradient_changes``, ``hessian_changes``, ``weight_derivatives``; the
-        engine uses autograd for what it does not provide.
+        The model's closed forms (see :class:`ModelDerivatives`); the engine
+        uses autograd for what it does not provide.
     saddle_free : bool
         For non-convex objectives, whose leave-out Hessian ``H_{-u} = V Lambda V^T``
         can be indefinite at ``params``: ``"newton"`` (generic dense path) then
@@ -512,7 +547,7 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     if method == "loo":
         chord = scale = None
         if not saddle_free:
-            H = _batch_hessians(lossb, theta[None], ones[None])[0]
+            H = _full_hessian(lossb, theta, n, derivatives)
             scale = _hessian_scale(H)
             if theta.size < AUTO_CG_MIN_PARAMS:  # warm starts by fixed-Hessian steps
                 try:
@@ -533,7 +568,7 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
             if todo.size:
                 P[todo], _, conv[todo], H = minimize(
                     lossb, P[todo], W[todo], tol=tol, max_iter=max_iter, damping=0.0,
-                    return_hessians=True)
+                    return_hessians=True, derivatives=derivatives)
                 # a flat direction of the objective without the unit: the refit is not
                 # unique (not checked for strongly convex objectives, whose minimum is
                 # unique, nor for non-convex ones, whose removed parts may be flat by
@@ -573,8 +608,7 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     if (method == "newton" and grad_change is not None and hess_change is not None
             and not newton_cg):
         g_full = grad(loss)(theta, ones)
-        H_full = _batch_hessians(lossb, theta[None], ones[None])[0]
-        H_full = H_full + damping * np.eye(theta.size)
+        H_full = _full_hessian(lossb, theta, n, derivatives) + damping * np.eye(theta.size)
         scale = _hessian_scale(H_full)
 
         def local_newton(chunk):
@@ -588,7 +622,7 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         out = delta if J is None else delta @ J.T
     elif method == "newton":
         scale = None if newton_cg or saddle_free else _hessian_scale(
-            _batch_hessians(lossb, theta[None], ones[None])[0] + damping * np.eye(theta.size))
+            _full_hessian(lossb, theta, n, derivatives) + damping * np.eye(theta.size))
 
         def newton(chunk):
             W = _leave_out_weights(chunk, n)
@@ -613,7 +647,7 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         out = delta if J is None else delta @ J.T
     else:
         n_rhs = len(units) if J is None else min(len(units), J.shape[0])
-        hess = HessianSolver(loss, theta, ones, damping=damping,
+        hess = HessianSolver(loss, theta, ones, damping=damping, derivatives=derivatives,
                              solver=auto_solver(theta.size, n_rhs) if solver == "auto" else solver)
         if method == "vif" and grad_change is not None:
             R = _map_chunks(grad_change, units, n, batched, n_jobs, verbose, "gradients",
