@@ -16,6 +16,7 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
+from _accuracy import assert_agrees
 from skvif import CoxPHInfluence
 from skvif.survival._objective import RiskSets, negative_log_partial_likelihood
 
@@ -216,12 +217,24 @@ def test_penalized_loo_equals_refits_from_scratch():
         np.testing.assert_allclose(rows[g], ref - model.coef_, atol=1e-8)
 
 
-@pytest.mark.parametrize("method,min_r", [("vif", 0.99), ("newton", 0.999), ("if", 0.99)])
-def test_coef_influence_correlates_with_refits(rossi_fit, method, min_r):
+# Bands of (r, slope of estimate on refit, max |error| / max |change|), per column, set
+# from the measured values (in brackets: their range over the 7 columns) with a small
+# margin: every band excludes the same estimate scaled by 0.9 or 1.1.
+COEF_BANDS = {
+    # slope [0.939, 0.982], max error 0.087: the first-order methods understate the
+    # largest changes a little
+    "vif": {"min_r": 0.999, "slope": (0.92, 1.0), "max_error": 0.12},
+    "if": {"min_r": 0.999, "slope": (0.92, 1.0), "max_error": 0.12},  # [0.937, 0.980], 0.090
+    "newton": {"min_r": 0.999, "slope": (0.95, 1.02), "max_error": 0.08},  # [0.967, 1.000], 0.053
+}
+
+
+@pytest.mark.parametrize("method", ["vif", "newton", "if"])
+def test_coef_influence_agrees_with_refits(rossi_fit, method):
     X, y, model, loo = rossi_fit
     est = model.influence_(method=method)
     for j in range(X.shape[1]):
-        assert np.corrcoef(est[:, j], loo[:, j])[0, 1] >= min_r
+        assert_agrees(est[:, j], loo[:, j], **COEF_BANDS[method], label=f"{method}, column {j}")
 
 
 def test_influence_if_is_minus_the_weight_derivative():
@@ -255,9 +268,13 @@ def test_predict_and_survival_targets_match_refits():
                         - model.predict_survival_function(X_new, times))
     ref_pred, ref_surv = np.array(ref_pred), np.array(ref_surv)
     np.testing.assert_allclose(surv_loo, ref_surv, atol=1e-8)
-    assert np.corrcoef(pred.ravel(), ref_pred.ravel())[0, 1] >= 0.99
-    assert np.corrcoef(surv.ravel(), ref_surv.ravel())[0, 1] >= 0.99
-    assert np.corrcoef(surv_newton.ravel(), ref_surv.ravel())[0, 1] >= 0.999
+    # measured: slope 0.958, 0.971, 0.994; max error 0.039, 0.051, 0.042
+    assert_agrees(pred, ref_pred, min_r=0.999, slope=(0.93, 1.0), max_error=0.06,
+                  label="predict, vif")
+    assert_agrees(surv, ref_surv, min_r=0.999, slope=(0.94, 1.01), max_error=0.07,
+                  label="survival, vif")
+    assert_agrees(surv_newton, ref_surv, min_r=0.999, slope=(0.97, 1.03), max_error=0.06,
+                  label="survival, newton")
 
 
 def test_loss_target_matches_refits():
@@ -267,8 +284,6 @@ def test_loss_target_matches_refits():
     est = model.influence_(X.iloc[test], y.iloc[test], target="loss")
     assert est.shape == (300,)
     units = np.arange(0, 300, 10)
-    base = -CoxPHInfluence().fit(X.iloc[test], y.iloc[test]).log_likelihood_  # sanity only
-    assert np.isfinite(base)
 
     def test_nll(m):
         yt = y.iloc[test]
@@ -278,7 +293,9 @@ def test_loss_target_matches_refits():
 
     ref = np.array([test_nll(refit_without(X.iloc[train], y.iloc[train], [u]))
                     for u in units]) - test_nll(model)
-    assert np.corrcoef(est[units], ref)[0, 1] >= 0.99
+    # measured: r 0.9998, slope 0.994, max error 0.026
+    assert_agrees(est[units], ref, min_r=0.999, slope=(0.97, 1.03), max_error=0.04,
+                  label="test loss, vif")
 
 
 def test_group_influence_matches_group_refits():
@@ -291,9 +308,13 @@ def test_group_influence_matches_group_refits():
     picked = np.arange(0, 108, 6)
     ref = np.array([refit_without(X, y, np.flatnonzero(groups == g)).coef_ - model.coef_
                     for g in picked])
+    # measured over the 7 columns: vif slope [0.907, 0.972], max error 0.122; newton
+    # slope [0.969, 0.999], max error 0.042
     for j in range(7):
-        assert np.corrcoef(est[picked, j], ref[:, j])[0, 1] >= 0.99
-        assert np.corrcoef(newton[picked, j], ref[:, j])[0, 1] >= 0.999
+        assert_agrees(est[picked, j], ref[:, j], min_r=0.998, slope=(0.88, 0.99),
+                      max_error=0.16, label=f"vif, column {j}")
+        assert_agrees(newton[picked, j], ref[:, j], min_r=0.999, slope=(0.95, 1.02),
+                      max_error=0.06, label=f"newton, column {j}")
     frame = model.influence_(groups=np.where(groups % 2, "odd", "even"), as_frame=True)
     assert list(frame.index) == ["even", "odd"]
 
@@ -329,11 +350,30 @@ def test_clone_pickle_pipeline_gridsearch():
     np.testing.assert_allclose(pipe[-1].coef_, CoxPHInfluence().fit(Z, yy).coef_, rtol=1e-12)
     assert pipe.score(X, yy) == pytest.approx(CoxPHInfluence().fit(Z, yy).score(Z, yy))
 
+    # the grid search equals a loop by hand over the grid and the folds, scored by
+    # scikit-survival's concordance index; its choice is the argmax of that loop
+    grid = [0.0, 300.0]
     search = GridSearchCV(make_pipeline(StandardScaler(), CoxPHInfluence()),
-                          {"coxphinfluence__alpha": [0.0, 10.0]}, cv=KFold(3)).fit(X, yy)
-    assert search.best_params_["coxphinfluence__alpha"] in (0.0, 10.0)
-    scores = cross_val_score(CoxPHInfluence(), X, yy, cv=KFold(3))
-    assert scores.shape == (3,) and np.all((scores > 0.5) & (scores < 1))
+                          {"coxphinfluence__alpha": grid}, cv=KFold(3)).fit(X, yy)
+    by_hand = []
+    for alpha in grid:
+        folds = []
+        for train, test in KFold(3).split(X):
+            scaler = StandardScaler().fit(X.iloc[train])
+            fitted = CoxPHInfluence(alpha=alpha).fit(scaler.transform(X.iloc[train]),
+                                                     yy[train])
+            risk = fitted.predict(scaler.transform(X.iloc[test]))
+            folds.append(concordance_index_censored(yy[test]["event"], yy[test]["time"],
+                                                    risk)[0])
+        by_hand.append(folds)
+    by_hand = np.array(by_hand)
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], by_hand.mean(axis=1),
+                               rtol=1e-12)
+    assert abs(by_hand[0].mean() - by_hand[1].mean()) > 1e-3  # the choice is not a tie
+    assert search.best_params_["coxphinfluence__alpha"] == grid[np.argmax(by_hand.mean(1))]
+    np.testing.assert_allclose(
+        cross_val_score(make_pipeline(StandardScaler(), CoxPHInfluence()), X, yy, cv=KFold(3)),
+        by_hand[0], rtol=1e-12)
 
 
 def test_as_frame_uses_labels():

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from autograd import grad, hessian
 from scipy.optimize import minimize as scipy_minimize
+from scipy.special import expit
 from sklearn.exceptions import ConvergenceWarning
 
+from _accuracy import assert_agrees
 from skvif import vif
 from skvif._engine import HessianSolver, _batch_grad, _batch_hessians, minimize
 
@@ -38,19 +40,20 @@ def scalar_loss(theta, w):
 
 
 def deleted_loss(theta, keep):
-    """The same loss written directly on the data without some rows (independent)."""
-    pos = [i for i in POS if keep[i]]
-    neg = [j for j in NEG if keep[j]]
-    total = 0.0
-    for i in pos:
-        for j in neg:
-            total += np.logaddexp(0.0, -(X[i] - X[j]) @ theta)
-    return total + 0.5 * ALPHA * theta @ theta
+    """The same loss and its gradient, written in plain numpy on the kept rows only.
+
+    Independent of the weighted loss above and of autograd: the pairs of the data
+    set without the removed rows, ``sum log(1 + exp(-(x_i - x_j)' theta))``.
+    """
+    diff = X[POS[keep[POS]]][:, None, :] - X[NEG[keep[NEG]]][None, :, :]
+    margin = diff @ theta
+    value = np.sum(np.logaddexp(0.0, -margin)) + 0.5 * ALPHA * theta @ theta
+    gradient = -np.einsum("ab,abp->p", expit(-margin), diff) + ALPHA * theta
+    return value, gradient
 
 
 def refit(keep, x0):
-    res = scipy_minimize(deleted_loss, x0, args=(keep,), method="BFGS",
-                         jac=lambda t, k: grad(lambda th: pairwise_auc_loss(th, k.astype(float)))(t),
+    res = scipy_minimize(deleted_loss, x0, args=(keep,), method="BFGS", jac=True,
                          options={"gtol": 1e-11})
     return res.x
 
@@ -65,8 +68,13 @@ def test_mask_identity():
     for u in [0, 5, POS[0], NEG[-1]]:
         keep = np.ones(N, bool)
         keep[u] = False
-        assert pairwise_auc_loss(theta, keep.astype(float)) == pytest.approx(
-            deleted_loss(theta, keep), rel=1e-12)
+        value, gradient = deleted_loss(theta, keep)
+        assert pairwise_auc_loss(theta, keep.astype(float)) == pytest.approx(value, rel=1e-12)
+        # the reference's own gradient, against central finite differences
+        eps = 1e-6
+        fd = [(deleted_loss(theta + eps * e, keep)[0] - deleted_loss(theta - eps * e, keep)[0])
+              / (2 * eps) for e in np.eye(P)]
+        np.testing.assert_allclose(gradient, fd, rtol=1e-7)
 
 
 def test_batched_gradients_and_hessians_match_dense_autograd(theta_hat):
@@ -127,10 +135,16 @@ def test_single_row_influence_matches_refits(theta_hat, single_row_refits):
     est = {m: vif(pairwise_auc_loss, theta_hat, N, method=m, units=units, batched=True)
            for m in ["vif", "if", "newton", "loo"]}
     np.testing.assert_allclose(est["loo"], exact, atol=1e-7)
-    for j in range(P):
-        assert np.corrcoef(est["vif"][:, j], exact[:, j])[0, 1] >= 0.99
-        assert np.corrcoef(est["if"][:, j], exact[:, j])[0, 1] >= 0.99
-        assert np.corrcoef(est["newton"][:, j], exact[:, j])[0, 1] >= 0.995
+    # 16 rows of 80, each in ~n/2 pairs: the first-order methods understate the changes
+    # by 10-15 % (measured over the 4 columns: vif = if slope [0.856, 0.903], max error
+    # 0.195; newton slope [0.892, 0.989], max error 0.179); every band excludes the
+    # estimate scaled by 0.9 or 1.1 in at least one column
+    bands = {"vif": ((0.83, 0.93), 0.25), "if": ((0.83, 0.93), 0.25),
+             "newton": ((0.87, 1.01), 0.22)}
+    for m, (slope, max_error) in bands.items():
+        for j in range(P):
+            assert_agrees(est[m][:, j], exact[:, j], min_r=0.995, slope=slope,
+                          max_error=max_error, label=f"{m}, column {j}")
 
 
 def test_group_influence_matches_refits(theta_hat):
@@ -143,9 +157,14 @@ def test_group_influence_matches_refits(theta_hat):
     exact = np.array(exact)
     est = vif(pairwise_auc_loss, theta_hat, N, units=groups, batched=True)
     newton = vif(pairwise_auc_loss, theta_hat, N, units=groups, method="newton", batched=True)
+    # groups of 4 rows of 80: vif understates by about 20 % (measured over the 4
+    # columns: slope [0.763, 0.816], max error 0.32), newton by 5-10 % ([0.891, 0.963],
+    # 0.23)
     for j in range(P):
-        assert np.corrcoef(est[:, j], exact[:, j])[0, 1] >= 0.98
-        assert np.corrcoef(newton[:, j], exact[:, j])[0, 1] >= 0.995
+        assert_agrees(est[:, j], exact[:, j], min_r=0.985, slope=(0.74, 0.84),
+                      max_error=0.38, label=f"vif, column {j}")
+        assert_agrees(newton[:, j], exact[:, j], min_r=0.99, slope=(0.87, 0.99),
+                      max_error=0.28, label=f"newton, column {j}")
 
 
 def test_batched_and_looped_losses_agree(theta_hat):

@@ -16,7 +16,6 @@ from autograd import grad
 from scipy.optimize import minimize as scipy_minimize
 from scipy.optimize import root
 from scipy.special import logsumexp, softmax
-from scipy.stats import pearsonr
 from sklearn.base import clone
 from sklearn.datasets import load_diabetes
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
@@ -25,6 +24,7 @@ from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from _accuracy import assert_agrees
 from skvif import _engine
 from skvif.ranking import ListwiseRankerInfluence
 from skvif.ranking._objective import Lists, objective
@@ -256,12 +256,12 @@ def test_influence_against_refits(fits, data, loss, unit):
     vif = est.influence_(unit=unit, method="vif")
     newton = est.influence_(unit=unit, method="newton")
     assert vif.shape == newton.shape == loo.shape == (n_units, X.shape[1])
-    assert pearsonr(vif.ravel(), loo.ravel())[0] >= 0.98
-    assert pearsonr(newton.ravel(), loo.ravel())[0] >= 0.999
-    # the sign convention holds entry by entry: same scale as the refits
-    scale = np.abs(loo).max()
-    assert np.abs(newton - loo).max() < 0.1 * scale
-    assert np.abs(vif - loo).max() < 0.3 * scale
+    # entry by entry (all coefficients together), measured over the 8 cases: vif slope
+    # [0.896, 0.967], max error 0.166, r >= 0.998; newton slope [0.998, 1.008], max
+    # error 0.035, r >= 0.9997
+    assert_agrees(vif, loo, min_r=0.995, slope=(0.87, 0.99), max_error=0.2, label="vif")
+    assert_agrees(newton, loo, min_r=0.9995, slope=(0.98, 1.03), max_error=0.05,
+                  label="newton")
 
 
 @pytest.mark.parametrize("unit", ["item", "query"])
@@ -333,7 +333,9 @@ def test_predict_and_loss_targets(fits, loss):
     assert got.shape == (len(est.queries_), queries.size)
     np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
     vif = est.influence_(Xt, yt, qt, target="loss", unit="query")
-    assert pearsonr(vif.ravel(), expected.ravel())[0] >= 0.98
+    # measured: slope 0.951 (listnet), 0.931 (listmle); max error 0.064, 0.134
+    assert_agrees(vif, expected, min_r=0.99, slope=(0.90, 0.98), max_error=0.18,
+                  label="test loss, vif")
     frame = est.influence_(Xt, yt, qt, target="loss", unit="query", as_frame=True)
     assert list(frame.columns) == list(queries) and list(frame.index) == list(est.queries_)
 
@@ -386,6 +388,7 @@ def test_pipeline_and_grid_search_route_qid():
                             cv=GroupKFold(n_splits=3))
         grid.fit(X, y, qid=qid, groups=qid)
     # reference: the same folds by hand, without routing
+    means = []
     for k, alpha in enumerate([1.0, 10.0]):
         fold_scores = []
         for train, test in GroupKFold(n_splits=3).split(X, y, qid):
@@ -395,7 +398,10 @@ def test_pipeline_and_grid_search_route_qid():
             fold_scores.append(r.score(scaler.transform(X[test]), y[test], qid[test]))
         assert grid.cv_results_["mean_test_score"][k] == pytest.approx(np.mean(fold_scores),
                                                                        rel=1e-10)
+        means.append(np.mean(fold_scores))
+    assert abs(means[0] - means[1]) > 1e-6  # the choice is not a tie
     best = grid.best_params_["listwiserankerinfluence__alpha"]
+    assert best == [1.0, 10.0][np.argmax(means)]
     refit = ListwiseRankerInfluence(alpha=best).fit(Xs, y, qid)
     np.testing.assert_allclose(grid.best_estimator_[-1].coef_, refit.coef_, rtol=1e-10)
 

@@ -37,6 +37,7 @@ import pandas as pd
 import pytest
 from lifelines.datasets import load_dfcv, load_rossi, load_stanford_heart_transplants
 
+from _accuracy import assert_agrees
 from skvif import CoxPHInfluence
 
 DATA = Path(__file__).parent / "data" / "statsmodels_phreg"
@@ -345,10 +346,6 @@ def test_robust_variance_is_the_direct_sandwich():
 
 
 # ----------------------------------------------- exact deletion against refits
-def pearson(a, b):
-    return np.corrcoef(np.ravel(a), np.ravel(b))[0, 1]
-
-
 @pytest.fixture(scope="module")
 def entry_strata_fit():
     # Rossi with strata (wexp), delayed entry (tied, integer weeks) and case weights
@@ -362,10 +359,24 @@ def entry_strata_fit():
     return model, model.influence_(method="loo"), X, y, design
 
 
-@pytest.mark.parametrize("method,min_r", [("vif", 0.99), ("newton", 0.999)])
-def test_entry_strata_weights_influence_matches_refits(entry_strata_fit, method, min_r):
+# bands of (r, slope of estimate on refit, max |error| / max |change|) per column; the
+# measured ranges over the columns are in the comments
+ENTRY_BANDS = {
+    "vif": {"min_r": 0.998, "slope": (0.91, 1.0), "max_error": 0.12},  # [0.929, 0.982], 0.093
+    "newton": {"min_r": 0.999, "slope": (0.94, 1.02), "max_error": 0.09},  # [0.961, 1.001], 0.070
+}
+SUBJECT_BANDS = {
+    "vif": {"min_r": 0.998, "slope": (0.93, 0.99), "max_error": 0.1},  # [0.952, 0.971], 0.078
+    "newton": {"min_r": 0.998, "slope": (0.98, 1.02), "max_error": 0.08},  # [0.999, 1.005], 0.058
+}
+
+
+@pytest.mark.parametrize("method", ["vif", "newton"])
+def test_entry_strata_weights_influence_matches_refits(entry_strata_fit, method):
     model, loo, X, y, design = entry_strata_fit
-    assert pearson(model.influence_(method=method), loo) >= min_r
+    est = model.influence_(method=method)
+    for j in range(loo.shape[1]):
+        assert_agrees(est[:, j], loo[:, j], **ENTRY_BANDS[method], label=f"column {j}")
     # "loo" is a real refit without the row: one of them by hand
     keep = np.arange(len(X)) != 7
     refit = CoxPHInfluence().fit(X[keep], y[keep],
@@ -373,8 +384,8 @@ def test_entry_strata_weights_influence_matches_refits(entry_strata_fit, method,
     np.testing.assert_allclose(refit.coef_ - model.coef_, loo[7], atol=1e-7)
 
 
-@pytest.mark.parametrize("method,min_r", [("vif", 0.99), ("newton", 0.999)])
-def test_start_stop_subject_influence_matches_refits(method, min_r):
+@pytest.mark.parametrize("method", ["vif", "newton"])
+def test_start_stop_subject_influence_matches_refits(method):
     # Stanford heart transplant, start-stop rows; a unit is a subject (all its rows)
     heart = load_stanford_heart_transplants()
     X = heart[["age", "year", "surgery"]]
@@ -383,4 +394,5 @@ def test_start_stop_subject_influence_matches_refits(method, min_r):
     loo = model.influence_(method="loo", groups=heart.id)
     est = model.influence_(method=method, groups=heart.id)
     assert est.shape == (heart.id.nunique(), 3)
-    assert pearson(est, loo) >= min_r
+    for j in range(loo.shape[1]):
+        assert_agrees(est[:, j], loo[:, j], **SUBJECT_BANDS[method], label=f"column {j}")
