@@ -768,7 +768,7 @@ def check_n_jobs(n_jobs):
 
 
 def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solver="auto",
-        damping=0.0, n_jobs=None, batched=False, verbose=0):
+        damping=0.0, n_jobs=None, batched=False, verbose=0, refine=None, return_exact=False):
     r"""Influence of removing training units on the parameters (or a target) of any loss.
 
     Parameters
@@ -814,12 +814,25 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         vectorized pass.
     verbose : int, default=0
         Print progress over chunks of units to stderr.
+    refine : int, default=None
+        After the estimate for every unit, recompute the ``refine`` units
+        with the largest estimated change by exact refit (``method="loo"``
+        for those units only). The size of a change is the root mean square
+        over its columns, of parameter changes divided by
+        ``sqrt(|diag H^-1|)`` (their standard errors when the loss is a
+        negative log-likelihood) and of raw target changes
+        (``|change|`` for a scalar target).
+    return_exact : bool, default=False
+        Also return a boolean array marking the rows that are exact refits.
 
     Returns
     -------
     influence : ndarray of shape (n_units, n_params) or (n_units, m)
         ``influence[u, j]`` estimates ``quantity_j(fit without unit u) -
         quantity_j(fit on all data)``.
+    is_exact : ndarray of shape (n_units,) of bool
+        Only with ``return_exact``: ``True`` for the units refined by exact
+        refit (all of them with ``method="loo"``).
 
     Notes
     -----
@@ -900,6 +913,17 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         value = np.asarray(target(theta))
         if value.ndim != 1 or not np.all(np.isfinite(value)):
             raise ValueError("target(params) must return a finite 1-D array.")
-    return influence(loss, theta, int(n_samples), units, target=target, method=method,
-                     solver=solver, damping=damping, n_jobs=n_jobs, batched=bool(batched),
-                     verbose=verbose)
+    from ._robustness import check_refine, parameter_scale, refine_rows
+
+    refine = check_refine(refine, len(units))
+    options = dict(target=target, solver=solver, damping=damping, n_jobs=n_jobs,
+                   batched=bool(batched), verbose=verbose)
+    result = influence(loss, theta, int(n_samples), units, method=method, **options)
+    is_exact = np.full(len(units), method == "loo")
+    if refine and method != "loo":
+        scale = None if target is not None else parameter_scale(
+            loss, theta, int(n_samples), damping, batched=bool(batched))
+        result, is_exact = refine_rows(result, refine, lambda top: influence(
+            loss, theta, int(n_samples), [units[i] for i in top], method="loo", **options),
+            scale)
+    return (result, is_exact) if return_exact else result

@@ -28,7 +28,7 @@ from ._engine import (AUTO_CG_MIN_PARAMS, _as_batched, _batch_hessians, _full_he
                       check_choice, check_nonnegative, check_units, influence)
 
 __all__ = ["robustness", "Robustness", "RobustnessReport", "GOALS", "refine_rows",
-           "check_refine", "parameter_scale", "hessian_standard_error"]
+           "check_refine", "with_exactness", "parameter_scale", "hessian_standard_error"]
 
 GOALS = ("sign", "significance", "opposite")
 _GOAL_WORDS = {"sign": "changes the sign of",
@@ -112,9 +112,17 @@ def parameter_scale(loss, params, n_samples, damping=0.0, derivatives=None, batc
     return scale if np.all(np.isfinite(scale) & (scale > 0)) else None
 
 
-def exactness(is_exact, index):
-    """The marker the DataFrame outputs carry: a boolean Series named ``exact``."""
-    return pd.Series(is_exact, index=index, name="exact")
+def with_exactness(out, is_exact, index, as_frame, refine, return_exact):
+    """Attach the exact-refit marker to an ``influence_`` result.
+
+    With ``as_frame`` the marker is a boolean Series named ``exact`` indexed
+    like the result, also stored in ``out.attrs["exact"]`` when refined.
+    """
+    if as_frame:
+        is_exact = pd.Series(is_exact, index=index, name="exact")
+        if refine:
+            out.attrs["exact"] = is_exact
+    return (out, is_exact) if return_exact else out
 
 
 # --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from .._base import (FittedInputMixin, check_identifiable, check_influence_optio
                      collinear_columns, collinearity_message, feature_names, row_labels,
                      validate_X)
 from .._engine import check_choice, check_units, influence, minimize
+from .._robustness import check_refine, parameter_scale, refine_rows, with_exactness
 from ._objective import (LOSSES, LocalChanges, Lists, objective, query_weighted_objective,
                          test_losses)
 
@@ -311,7 +312,7 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
     # ------------------------------------------------------------ influence
     def influence_(self, X=None, y=None, qid=None, *, target="coef", unit="item",
                    method="vif", solver="auto", damping=0.0, n_jobs=None, as_frame=False,
-                   verbose=0):
+                   verbose=0, refine=None, return_exact=False):
         r"""Estimated change of a fitted quantity when each training item or query is removed.
 
         Parameters
@@ -346,6 +347,15 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
             of ``X`` or the test queries.
         verbose : int, default=0
             Print progress to stderr.
+        refine : int, default=None
+            Recompute the ``refine`` units with the largest estimated change
+            by exact refit. Size of a change: root mean square over the
+            columns, coefficient changes divided by ``sqrt(|diag H^-1|)``
+            (unit-free) for ``"coef"``, raw changes otherwise.
+        return_exact : bool, default=False
+            Also return which units are exact refits (boolean ndarray, or a
+            Series named ``exact`` with ``as_frame``; see
+            :meth:`skvif.CoxPHInfluence.influence_`).
 
         Returns
         -------
@@ -353,6 +363,8 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
             ``influence[u, j]`` estimates ``quantity_j(fit without u) -
             quantity_j(fit on all data)``: positive when removing ``u``
             increases it.
+        is_exact : ndarray or pandas.Series of bool
+            Only with ``return_exact``.
 
         Notes
         -----
@@ -406,10 +418,18 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         elif method == "if" and unit == "query":
             spec["loss_if"] = partial(query_weighted_objective, lists=lists, loss=self.loss,
                                       alpha=float(self.alpha))
+        refine = check_refine(refine, len(units))
+        options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
+                       tol=min(self.tol, 1e-10), max_iter=self.max_iter, verbose=verbose,
+                       strongly_convex=self.alpha > 0, **spec)
         result = influence(self._objective(), self.coef_.copy(), n, units, method=method,
-                           solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
-                           tol=min(self.tol, 1e-10), max_iter=self.max_iter,
-                           verbose=verbose, strongly_convex=self.alpha > 0, **spec)
-        if as_frame:
-            return pd.DataFrame(result, index=index, columns=columns)
-        return result
+                           **options)
+        is_exact = np.full(len(units), method == "loo")
+        if refine and method != "loo":
+            scale = None if target != "coef" else parameter_scale(
+                self._objective(), self.coef_, n, damping, batched=True)
+            result, is_exact = refine_rows(result, refine, lambda top: influence(
+                self._objective(), self.coef_.copy(), n, [units[i] for i in top],
+                method="loo", **options), scale)
+        out = pd.DataFrame(result, index=index, columns=columns) if as_frame else result
+        return with_exactness(out, is_exact, index, as_frame, refine, return_exact)

@@ -18,6 +18,8 @@ from .._base import (FittedInputMixin, check_identifiable, check_influence_optio
                      check_labels, collinear_columns, collinearity_message, feature_names,
                      row_labels, units_from_groups, validate_X)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
+from .._robustness import (_Problem, check_goals, check_refine, check_robustness_options,
+                           hessian_standard_error, refine_rows, search_all, with_exactness)
 from ._fast import CoxDerivatives
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
@@ -414,7 +416,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     # ------------------------------------------------------------ influence
     def influence_(self, X=None, y=None, *, target="coef", method="vif", groups=None,
                    times=None, strata=None, as_frame=False, solver="auto", damping=0.0,
-                   n_jobs=None, verbose=0):
+                   n_jobs=None, verbose=0, refine=None, return_exact=False):
         r"""Estimated change of a fitted quantity when each training row is removed.
 
         Parameters
@@ -452,12 +454,29 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
             Number of joblib workers over chunks of units.
         verbose : int, default=0
             Print progress to stderr.
+        refine : int, default=None
+            After the estimate for every unit, recompute the ``refine`` units
+            with the largest estimated change by exact refit (only those
+            units). Size of a change: for ``"coef"`` the root mean square of
+            the coefficient changes in standard errors (``summary()``'s
+            ``se(coef)``, a Cook's-distance-like measure); for the other
+            targets the root mean square of the changes (``|change|`` for
+            ``"loss"``).
+        return_exact : bool, default=False
+            Also return which units are exact refits: a boolean ndarray of
+            shape ``(n_units,)``, or with ``as_frame`` a boolean Series named
+            ``exact`` indexed like the result (select it with
+            ``exact.loc[frame.index]`` after sorting or filtering). With
+            ``refine`` and ``as_frame`` the result also carries it as
+            ``frame.attrs["exact"]``.
 
         Returns
         -------
         influence : ndarray or pandas object
             ``influence[u]`` estimates ``quantity(fit without u) -
             quantity(fit on all rows)``.
+        is_exact : ndarray or pandas.Series of bool
+            Only with ``return_exact``.
         """
         check_is_fitted(self)
         check_choice(target, "target", TARGETS)
@@ -499,20 +518,93 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
                               and self._entry is None):
             spec["derivatives"] = CoxDerivatives(self.coef_, self._X, self._risk_sets,
                                                  self._case_weights, self.ties)
-        result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
-                           damping=damping, n_jobs=n_jobs, batched=True,
-                           loss_if=self._loss(smooth=True), tol=self.tol,
-                           max_iter=self.max_iter, verbose=verbose,
-                           strongly_convex=self.alpha > 0, **spec)
+        refine = check_refine(refine, len(units))
+        options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
+                       loss_if=self._loss(smooth=True), tol=self.tol, max_iter=self.max_iter,
+                       verbose=verbose, strongly_convex=self.alpha > 0, **spec)
+        result = influence(loss, self.coef_.copy(), n, units, method=method, **options)
+        is_exact = np.full(len(units), method == "loo")
+        if refine and method != "loo":
+            scale = self.summary()["se(coef)"].to_numpy() if target == "coef" else None
+            result, is_exact = refine_rows(result, refine, lambda top: influence(
+                loss, self.coef_.copy(), n, [units[i] for i in top], method="loo",
+                **options), scale)
         index = group_labels if group_labels is not None else self._row_labels
         if target == "loss":
             result = result[:, 0]
-            return pd.Series(result, index=index, name="loss") if as_frame else result
-        if as_frame:
-            return pd.DataFrame(result, index=index, columns=columns)
-        if target == "survival":
-            return result.reshape(len(units), X_new.shape[0], len(times))
-        return result
+            out = pd.Series(result, index=index, name="loss") if as_frame else result
+        elif as_frame:
+            out = pd.DataFrame(result, index=index, columns=columns)
+        elif target == "survival":
+            out = result.reshape(len(units), X_new.shape[0], len(times))
+        else:
+            out = result
+        return with_exactness(out, is_exact, index, as_frame, refine, return_exact)
+
+    # ----------------------------------------------------------- robustness
+    def robustness_(self, feature, *, alpha_level=0.05, goals=None, groups=None,
+                    method="vif", max_fraction=0.1):
+        """How many rows (or groups) must be removed to change the conclusion about a coefficient?
+
+        The smallest set found whose removal changes the sign of the
+        coefficient (``"sign"``; the hazard ratio crosses 1), makes it
+        non-significant at level ``alpha_level`` (``"significance"``), or
+        significant with the opposite sign (``"opposite"``), each confirmed by
+        an exact refit; see :func:`skvif.robustness` for the search.
+
+        Parameters
+        ----------
+        feature : str or int
+            The coefficient: a feature name or its position.
+        alpha_level : float, default=0.05
+            Level of the two-sided Wald test with the model-based standard
+            error (``summary()``'s ``se(coef)``), recomputed at every refit.
+        goals : str or sequence of str, default=None
+            Any of ``"sign"``, ``"significance"``, ``"opposite"`` (default all).
+        groups : array-like of shape (n_samples,), default=None
+            A label per row; a unit is then a whole group.
+        method : {"vif", "if", "newton"}, default="vif"
+            The influence estimate that guides the search between refits.
+        max_fraction : float, default=0.1
+            Largest fraction of the units to remove before answering "not
+            found".
+
+        Returns
+        -------
+        report : skvif.RobustnessReport
+            One :class:`skvif.Robustness` per goal (``report["significance"]``),
+            with the removed row (or group) labels, the refit coefficient and
+            its confidence interval; ``report.to_frame()`` is a DataFrame.
+        """
+        check_is_fitted(self)
+        check_robustness_options(alpha_level, max_fraction, method)
+        goals = check_goals(goals, True)
+        check_identifiable(self, 0.0)
+        names = feature_names(self)
+        if isinstance(feature, Integral) and not isinstance(feature, bool):
+            if not 0 <= feature < names.size:
+                raise ValueError(f"feature {feature} is outside [0, {names.size}).")
+            j = int(feature)
+        elif feature in list(names):
+            j = list(names).index(feature)
+        else:
+            raise ValueError(f"feature {feature!r} is not one of {list(map(str, names))}.")
+        n = self._X.shape[0]
+        units, group_labels = units_from_groups(groups, n)
+        units = check_units(units, n)
+        labels = list(group_labels if group_labels is not None else self._row_labels)
+        derivatives = None
+        if method == "if" or (groups is None and self._entry is None):
+            derivatives = CoxDerivatives(self.coef_, self._X, self._risk_sets,
+                                         self._case_weights, self.ties)
+        loss = self._loss()
+        problem = _Problem(loss, self.coef_.copy(), n, units, lambda th: th[j],
+                           hessian_standard_error(loss, j, batched=True), method=method,
+                           batched=True, derivatives=derivatives,
+                           loss_if=self._loss(smooth=True), damping=0.0, tol=self.tol,
+                           max_iter=self.max_iter, strongly_convex=self.alpha > 0)
+        return search_all(problem, goals, alpha_level, labels, max_fraction, str(names[j]),
+                          "rows" if groups is None else "groups")
 
     # -------------------------------------------------------------- summary
     def summary(self, *, robust=False, groups=None, ci=0.95):
