@@ -16,7 +16,8 @@ from .._base import (FittedInputMixin, check_identifiable, check_influence_optio
                      collinear_columns, collinearity_message, feature_names, row_labels,
                      validate_X)
 from .._engine import check_choice, check_units, influence, minimize
-from .._robustness import check_refine, parameter_scale, refine_rows, with_exactness
+from .._robustness import (_Problem, check_refine, check_robustness_options, parameter_scale,
+                           refine_rows, search_all, with_exactness)
 from ._objective import (LOSSES, LocalChanges, Lists, objective, query_weighted_objective,
                          test_losses)
 
@@ -433,3 +434,51 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
                 method="loo", **options), scale)
         out = pd.DataFrame(result, index=index, columns=columns) if as_frame else result
         return with_exactness(out, is_exact, index, as_frame, refine, return_exact)
+
+    def robustness_(self, feature, *, unit="item", method="vif", max_fraction=0.1):
+        """How many items (or queries) must be removed to change a coefficient's sign?
+
+        The smallest set found whose removal flips the sign of coefficient
+        ``feature``, confirmed by an exact refit (see :func:`skvif.robustness`).
+        Only the sign: the ranking objective is not a log-likelihood, so its
+        inverse Hessian is not a standard error.
+
+        Parameters
+        ----------
+        feature : str or int
+            A feature name or position.
+        unit : {"item", "query"}, default="item"
+        method : {"vif", "if", "newton"}, default="vif"
+        max_fraction : float, default=0.1
+
+        Returns
+        -------
+        report : skvif.RobustnessReport
+            With the single goal ``"sign"``.
+        """
+        check_is_fitted(self)
+        check_choice(unit, "unit", UNITS)
+        check_robustness_options(0.05, max_fraction, method)
+        names = list(feature_names(self))
+        if isinstance(feature, Integral) and not isinstance(feature, bool):
+            if not 0 <= feature < len(names):
+                raise ValueError(f"feature {feature} is outside [0, {len(names)}).")
+            j = int(feature)
+        elif feature in names:
+            j = names.index(feature)
+        else:
+            raise ValueError(f"feature {feature!r} is not one of {list(map(str, names))}.")
+        lists = self._lists
+        if unit == "item":
+            units, labels = [np.array([i]) for i in range(lists.n_samples)], self._row_labels
+        else:
+            units = [lists.index[q, lists.valid[q] > 0] for q in range(lists.n_queries)]
+            labels = lists.queries
+        derivatives = LocalChanges(lists, self.loss, self.coef_) if method != "if" else None
+        problem = _Problem(self._objective(), self.coef_.copy(), lists.n_samples, units,
+                           lambda th: th[j], None, method=method, batched=True,
+                           derivatives=derivatives, loss_if=None, damping=0.0,
+                           tol=min(self.tol, 1e-10), max_iter=self.max_iter,
+                           strongly_convex=self.alpha > 0)
+        return search_all(problem, ("sign",), 0.05, list(labels), max_fraction,
+                          str(names[j]), "items" if unit == "item" else "queries")
