@@ -55,7 +55,9 @@ def lifelines_without(X, y, rows):
 
 
 # ------------------------------------------------------------------ refine
-@pytest.mark.parametrize("name", list(DATASETS))
+@pytest.mark.parametrize("name", [
+    "rossi", "veterans",
+    pytest.param("gbsg2", marks=pytest.mark.slow), pytest.param("whas500", marks=pytest.mark.slow)])
 def test_cox_refined_top_rows_equal_lifelines_refits(name):
     X, y = DATASETS[name]()
     model = CoxPHInfluence(tol=1e-12).fit(X, y)
@@ -183,11 +185,12 @@ def fragile_data(rng):
     return X, y
 
 
-def test_robustness_against_exhaustive_search():
-    rng = np.random.default_rng(12)
+@pytest.mark.parametrize("n_sets", [8, pytest.param(50, marks=pytest.mark.slow)])
+def test_robustness_against_exhaustive_search(n_sets):
+    rng = np.random.default_rng(12 + n_sets)
     z = stats.norm.ppf(0.975)
     records = []
-    while len(records) < 50:
+    while len(records) < n_sets:
         X, y = fragile_data(rng)
         n = len(y)
         b, se = ols_fit(X, y, np.ones(n, bool))
@@ -215,7 +218,7 @@ def test_robustness_against_exhaustive_search():
     excess = np.array(records)
     print(f"\n{excess.size} comparisons: equal {np.mean(excess == 0):.0%}, "
           f"worst excess {excess.max()}")
-    assert np.mean(excess == 0) >= 0.9
+    assert np.mean(excess == 0) >= (0.9 if n_sets >= 50 else 0.75)
     assert excess.max() <= 2
 
 
