@@ -97,14 +97,21 @@ def cox(args, out=None):
     groups = column(args.id)
     # with --id a unit is a subject (all its rows), and the standard errors are
     # R's robust ones clustered by subject (coxph(..., cluster(id)))
-    influence = model.influence_(as_frame=True, groups=groups)
+    refine = args.top if args.refine is None else args.refine
+    if refine < 0:
+        raise ValueError("--refine must be >= 0.")
+    # the units with the largest estimated change are refitted exactly
+    influence, exact = model.influence_(as_frame=True, groups=groups, refine=refine,
+                                        return_exact=True)
     summary = model.summary(robust=groups is not None, groups=groups)
 
     # rank units by a Cook's-distance-like size: the change in the coefficients
-    # measured in their own standard errors, root mean square over coefficients
+    # measured in their own standard errors, root mean square over coefficients;
+    # the exactly refitted units first, so that the printed rows are refits
     se = summary["se(coef)"].to_numpy()
     size = np.sqrt(np.mean((influence.to_numpy() / se) ** 2, axis=1))
-    top = np.argsort(-size, kind="stable")[:args.top]
+    top = np.lexsort((-size, ~exact.to_numpy()))[:args.top]
+    method = np.where(exact.to_numpy(), "refit", "vif")
     unit = "rows" if groups is None else f"subjects ({args.id})"
 
     with pd.option_context("display.width", 200, "display.max_columns", 50):
@@ -118,21 +125,34 @@ def cox(args, out=None):
         print(f"\n{title}", file=out)
         print(summary.round(4).to_string(), file=out)
         if len(top):
+            n_exact = int(exact.iloc[top].sum())
             print(f"\nThe {len(top)} most influential {unit} (influence = change of each "
                   "coefficient if removed; size = RMS of those changes in "
-                  "standard errors):", file=out)
+                  f"standard errors; method: 'refit' = exact refit without the unit "
+                  f"({n_exact} shown), 'vif' = the VIF estimate):", file=out)
             changes = influence.iloc[top].add_prefix("Δ ")
             if groups is None:
                 rows = frame.iloc[top].copy()
                 rows.insert(0, "size", size[top])
+                rows.insert(1, "method", method[top])
                 table = pd.concat([rows, changes], axis=1)
             else:
                 table = changes.copy()
                 table.insert(0, "size", size[top])
+                table.insert(1, "method", method[top])
                 table.index.name = args.id
             print(table.round(4).to_string(), file=out)
+    if args.robustness is not None:
+        report = model.robustness_(args.robustness, alpha_level=args.alpha_level,
+                                   groups=groups)
+        print(f"\nRobustness of {args.robustness} (coef {report.estimate:.4g}, se "
+              f"{report.se:.4g}; Wald test at alpha = {args.alpha_level:g}, model-based "
+              "standard errors recomputed at each refit):", file=out)
+        for answer in report:
+            print(f"  {answer.describe()}", file=out)
     if args.out:
-        influence.assign(size=size).to_csv(args.out, index_label=args.id or "row")
+        influence.assign(size=size, method=method).to_csv(args.out,
+                                                          index_label=args.id or "row")
         print(f"\nWrote the influence of all {len(influence)} {unit} to {args.out}", file=out)
 
 
@@ -158,6 +178,14 @@ def main(argv=None):
                    help="handling of tied event times (default efron, as R and lifelines)")
     p.add_argument("--alpha", type=float, default=0.0,
                    help="ridge penalty alpha/2 ||beta||^2 on the coefficients (default 0)")
+    p.add_argument("--refine", type=int, default=None, metavar="K",
+                   help="refit exactly the K units with the largest estimated change "
+                        "(default: --top, so the printed rows are exact refits)")
+    p.add_argument("--robustness", metavar="COL",
+                   help="smallest set of units whose removal changes the sign or the "
+                        "significance of coefficient COL (confirmed by refit)")
+    p.add_argument("--alpha-level", type=float, default=0.05,
+                   help="significance level for --robustness (default 0.05)")
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:
