@@ -26,10 +26,12 @@ def test_default_rossi_audit(tmp_path):
                                  rossi[["week", "arrest"]])
     assert f"{model.coef_[0]:.4f}" in res.stdout  # fin's coefficient is printed
     written = pd.read_csv(out, index_col="row")
-    np.testing.assert_allclose(written[list(model.feature_names_in_)].to_numpy(),
-                               model.influence_(), rtol=1e-10)
-    # the printed rows are the 3 with the largest size
-    top = written["size"].nlargest(3).index
+    estimated = (written["method"] == "vif").to_numpy()
+    assert (~estimated).sum() == 3  # --refine defaults to --top
+    np.testing.assert_allclose(written[list(model.feature_names_in_)].to_numpy()[estimated],
+                               model.influence_()[estimated], rtol=1e-10)
+    # the printed rows are the 3 refitted ones, by decreasing size
+    top = written["size"][~estimated].sort_values(ascending=False).index
     lines = res.stdout.splitlines()
     table = lines[[i for i, line in enumerate(lines) if "most influential" in line][0] + 2:]
     assert [int(line.split()[0]) for line in table[:3]] == list(top)
@@ -87,8 +89,9 @@ def test_strata_entry_id_weights(tmp_path):
         lines.index(next(x for x in lines if "most influential subjects" in x))
     written = pd.read_csv(out, index_col="id")
     assert list(written.index) == sorted(heart.id.unique())
-    np.testing.assert_allclose(written[["age", "year", "surgery"]].to_numpy(),
-                               model.influence_(groups=heart.id), rtol=1e-10)
+    expected = model.influence_(groups=heart.id, refine=3)  # the printed units are refits
+    np.testing.assert_allclose(written[["age", "year", "surgery"]].to_numpy(), expected,
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_bad_role_columns_are_one_line_errors(tmp_path):

@@ -323,3 +323,20 @@ def test_ranker_sign_robustness_confirmed_by_refit():
     refit = ListwiseRankerInfluence(alpha=1.0, tol=1e-12).fit(X[keep], y[keep], qid[keep])
     assert np.sign(refit.coef_[0]) != np.sign(model.coef_[0])
     np.testing.assert_allclose(answer.estimate, refit.coef_[0], atol=1e-7)
+
+
+def test_cli_prints_refits_and_robustness(capsys):
+    from skvif.__main__ import main
+
+    assert main(["cox", "--top", "3", "--robustness", "prio"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("most influential rows")[1].split("Robustness")[0]
+    assert table.count("refit") >= 3 + 1  # header word + one per printed row
+    assert "makes prio non-significant" in out and "confirmed by refit" in out
+    X, y = rossi()
+    base = lifelines_coef(X, y)
+    first = int(table.splitlines()[2].split()[0])  # the first printed row label
+    truth = lifelines_without(X, y, [first]) - base
+    printed = [float(v) for v in table.splitlines()[2].split()[-7:]]
+    np.testing.assert_allclose(printed, truth, atol=6e-5)  # printed to 4 decimals
+    assert main(["cox", "--robustness", "nope"]) == 1
