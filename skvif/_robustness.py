@@ -265,7 +265,8 @@ class RobustnessReport:
 
     def __str__(self):
         se = f", se {self.se:.4g}" if np.isfinite(self.se) else ""
-        head = f"Robustness of {self.name} = {self.estimate:.4g}{se} (alpha = {self.alpha_level:g}):"
+        head = (f"Robustness of {self.name} = {self.estimate:.4g}{se} "
+                f"(alpha = {self.alpha_level:g}):")
         return "\n".join([head] + [f"  {goal}: {r.describe()}" for goal, r in
                                    self.results.items()])
 
