@@ -1,6 +1,6 @@
 """
 How many men does it take to lose the effect of financial aid?
-=============================================================
+==============================================================
 
 In the Rossi recidivism data (432 men, 114 re-arrests) financial aid
 (``fin``) lowers the hazard of re-arrest with p = 0.047. A p-value just

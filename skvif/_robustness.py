@@ -159,7 +159,7 @@ class hessian_standard_error:
 class Robustness:
     """The smallest removal found for one goal (see :func:`robustness`).
 
-    Attributes
+    Parameters
     ----------
     goal : {"sign", "significance", "opposite"}
     found : bool
@@ -183,6 +183,14 @@ class Robustness:
         boundary, no refit), or ``None`` when it finds none.
     n_refits : int
         Exact refits used.
+    max_removed : int
+        The most units the search may remove (``max_fraction`` of them).
+    name : str
+        The target's name in messages.
+    unit_name : str
+        What a unit is in messages ("rows", "groups", ...).
+    level : float
+        Confidence level of the interval, ``1 - alpha_level``.
     """
 
     goal: str
@@ -209,7 +217,12 @@ class Robustness:
         return self.n_removed / self.n_units
 
     def describe(self):
-        """One sentence, e.g. "dropping 3 of 432 rows (0.7 %) makes fin non-significant"."""
+        """One sentence, e.g. "dropping 3 of 432 rows (0.7 %) makes fin non-significant".
+
+        Returns
+        -------
+        str
+        """
         what = _GOAL_WORDS[self.goal].format(name=self.name)
         if self.goal == "sign":
             what = f"{what} {self.name}"
@@ -237,6 +250,19 @@ class RobustnessReport:
 
     ``report["significance"]`` is a :class:`Robustness`; :meth:`to_frame` is
     one row per goal; ``print(report)`` reads like a sentence per goal.
+
+    Parameters
+    ----------
+    name : str
+        The target's name.
+    estimate : float
+        The target on the full data.
+    se : float
+        Its standard error on the full data (NaN without one).
+    alpha_level : float
+        Significance level of the goals.
+    results : dict
+        :class:`Robustness` per goal.
     """
 
     name: str
@@ -252,7 +278,13 @@ class RobustnessReport:
         return iter(self.results.values())
 
     def to_frame(self):
-        """A DataFrame indexed by goal."""
+        """The answers as a table.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per goal.
+        """
         rows = {goal: {"found": r.found, "n_removed": r.n_removed, "fraction": r.fraction,
                        "units": list(r.units), "estimate": r.estimate, "se": r.se,
                        "ci_lower": r.ci_lower, "ci_upper": r.ci_upper, "p_value": r.p_value,
@@ -429,7 +461,7 @@ def check_robustness_options(alpha_level, max_fraction, method):
 def robustness(loss, params, n_samples, target, *, se=None, alpha_level=0.05, goals=None,
                units=None, labels=None, method="vif", max_fraction=0.1, damping=0.0,
                batched=False, tol=1e-10, max_iter=100, name=None):
-    r"""How many units must be removed to change a conclusion about a scalar target?
+    r"""Smallest removal of units that changes a conclusion about a scalar target.
 
     For a fitted loss and a scalar target (e.g. one coefficient), finds a
     small set of units whose removal (a) changes the target's sign
@@ -474,8 +506,10 @@ def robustness(loss, params, n_samples, target, *, se=None, alpha_level=0.05, go
     damping : float, default=0.0
     batched : bool, default=False
         See :func:`skvif.vif`.
-    tol, max_iter
-        Of the exact refits.
+    tol : float, default=1e-10
+        Convergence tolerance of the exact refits.
+    max_iter : int, default=100
+        Newton iterations of the exact refits.
     name : str, default=None
         Name of the target in the messages.
 

@@ -436,7 +436,7 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         return with_exactness(out, is_exact, index, as_frame, refine, return_exact)
 
     def robustness_(self, feature, *, unit="item", method="vif", max_fraction=0.1):
-        """How many items (or queries) must be removed to change a coefficient's sign?
+        """Smallest removal of items (or queries) that flips the sign of a coefficient.
 
         The smallest set found whose removal flips the sign of coefficient
         ``feature``, confirmed by an exact refit (see :func:`skvif.robustness`).
@@ -450,6 +450,8 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         unit : {"item", "query"}, default="item"
         method : {"vif", "if", "newton"}, default="vif"
         max_fraction : float, default=0.1
+            Largest fraction of the units to remove before answering "not
+            found".
 
         Returns
         -------

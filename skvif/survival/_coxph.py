@@ -544,7 +544,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     # ----------------------------------------------------------- robustness
     def robustness_(self, feature, *, alpha_level=0.05, goals=None, groups=None,
                     method="vif", max_fraction=0.1):
-        """How many rows (or groups) must be removed to change the conclusion about a coefficient?
+        """Smallest removal of rows (or groups) that changes the conclusion about a coefficient.
 
         The smallest set found whose removal changes the sign of the
         coefficient (``"sign"``; the hazard ratio crosses 1), makes it
