@@ -362,8 +362,11 @@ class _Problem:
         rows = np.unique(np.concatenate([self.units[i] for i in positions]))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # the model's closed forms hold here: a full-data Hessian at theta, and
+            # gradients and Hessians at any weights (ModelDerivatives)
             delta = influence(self.loss, self.theta, self.n, [rows], method="loo",
-                              batched=self.batched, damping=self.damping, **self.options)[0]
+                              batched=self.batched, damping=self.damping,
+                              derivatives=self.derivatives, **self.options)[0]
         weights = np.ones(self.n)
         weights[rows] = 0.0
         converged = not caught and np.all(np.isfinite(delta))
