@@ -19,7 +19,8 @@ from .._base import (FittedInputMixin, check_identifiable, check_influence_optio
                      row_labels, units_from_groups, validate_X)
 from .._engine import HessianSolver, check_choice, check_units, influence, minimize
 from .._robustness import (_Problem, check_goals, check_refine, check_robustness_options,
-                           hessian_standard_error, refine_rows, search_all, with_exactness)
+                           hessian_standard_error, parameter_scale, refine_rows, search_all,
+                           with_exactness)
 from ._fast import CoxDerivatives
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
@@ -525,7 +526,9 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         result = influence(loss, self.coef_.copy(), n, units, method=method, **options)
         is_exact = np.full(len(units), method == "loo")
         if refine and method != "loo":
-            scale = self.summary()["se(coef)"].to_numpy() if target == "coef" else None
+            # summary()'s se(coef) (with damping on the Hessian's diagonal)
+            scale = None if target != "coef" else parameter_scale(
+                loss, self.coef_, n, damping, spec.get("derivatives"), batched=True)
             result, is_exact = refine_rows(result, refine, lambda top: influence(
                 loss, self.coef_.copy(), n, [units[i] for i in top], method="loo",
                 **options), scale)
