@@ -2,8 +2,9 @@
 
 from ._engine import vif
 from .embedding import NodeEmbeddingInfluence
-from .ranking import ListwiseRankerInfluence
+from .ranking import LabelRankerInfluence, ListwiseRankerInfluence
 from .survival import CoxPHInfluence
 
 __version__ = "0.1.0"
-__all__ = ["vif", "CoxPHInfluence", "ListwiseRankerInfluence", "NodeEmbeddingInfluence"]
+__all__ = ["vif", "CoxPHInfluence", "ListwiseRankerInfluence", "LabelRankerInfluence",
+           "NodeEmbeddingInfluence"]
