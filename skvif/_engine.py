@@ -77,6 +77,9 @@ class ModelDerivatives:
         Newton and ``"loo"`` starts (otherwise ``p`` autograd passes).
     ``hessian_vector_product(v) -> (p,)``
         ``H v`` for the full-data Hessian: the conjugate-gradient solver.
+    ``preconditioner(damping) -> LinearOperator``
+        An approximation of ``(H + damping I)^-1`` (symmetric positive
+        definite) that the conjugate-gradient solver uses as its ``M``.
     ``gradient_and_hessian(P, W) -> ((k, p), (k, p, p))``
         Gradients and Hessians of ``k`` problems with params ``P (k, p)``
         and weights ``W (k, n)`` (any weights, zeros deleting rows exactly as
@@ -332,6 +335,8 @@ class HessianSolver:
         # the model's closed forms (ModelDerivatives) hold at unit weights only
         unit_weights = np.all(np.asarray(weights) == 1.0)
         closed_form = _provided(derivatives, "hessian_vector_product") if unit_weights else None
+        preconditioner = _provided(derivatives, "preconditioner") if unit_weights else None
+        self._preconditioner = preconditioner(self.damping) if preconditioner else None
         if closed_form is not None:
             self._hvp = lambda th, v: closed_form(v)
         else:
@@ -408,7 +413,7 @@ class HessianSolver:
         out = np.empty_like(cols)
         for j in range(cols.shape[1]):
             x, info = cg(self.operator, cols[:, j], rtol=self.cg_rtol, atol=0.0,
-                         maxiter=self.cg_maxiter)
+                         maxiter=self.cg_maxiter, M=self._preconditioner)
             if info != 0:
                 residual = np.linalg.norm(self.matvec(x) - cols[:, j])
                 warnings.warn(

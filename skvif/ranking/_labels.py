@@ -333,11 +333,9 @@ class _Point:
     def preconditioner(self, damping=0.0):
         """Block-Jacobi ``M ~ (H + damping I)^-1``: one block per item (or one for all)."""
         if self._blocks is None:
-            blocks = self.problem.scores.blocks(self.curvature.diagonal())
-            b = blocks.shape[-1]
-            blocks = blocks + (self.problem.alpha + damping) * np.eye(b)
-            self._blocks = np.linalg.inv(blocks)
-        inv = self._blocks
+            self._blocks = self.problem.scores.blocks(self.curvature.diagonal())
+        b = self._blocks.shape[-1]
+        inv = np.linalg.inv(self._blocks + (self.problem.alpha + damping) * np.eye(b))
         p = self.problem.n_params
 
         def apply(v):
@@ -394,8 +392,9 @@ class ItemRankerDerivatives:
     Implements :class:`skvif._engine.ModelDerivatives`: ``gradient_changes``
     (each unit's removal changes the lists it touches: only those are
     re-evaluated), ``hessian`` (dense, up to
-    ``DENSE_HESSIAN_MAX_PARAMS`` parameters) and ``hessian_vector_product``;
-    all at unit weights, without autograd.
+    ``DENSE_HESSIAN_MAX_PARAMS`` parameters), ``hessian_vector_product`` and
+    ``preconditioner`` (block Jacobi, one block per item); all at unit
+    weights, without autograd.
     """
 
     def __init__(self, problem, params):
@@ -426,3 +425,6 @@ class ItemRankerDerivatives:
 
     def hessian_vector_product(self, v):
         return self.point.hvp(np.asarray(v, dtype=float))
+
+    def preconditioner(self, damping=0.0):
+        return self.point.preconditioner(damping)
