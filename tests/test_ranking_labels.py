@@ -42,7 +42,8 @@ def random_problem(loss, kind, seed, *, scale=2.0):
     query = np.repeat(np.arange(n), L)
     item = np.tile(np.arange(L), n)
     keep = np.ones(n * L, bool) if kind == "per_query" else rng.random(n * L) < 0.7
-    keep[query == 0] = item[query == 0] == 2  # a single-item list
+    if kind != "per_query":  # (features per query: every label in every list)
+        keep[query == 0] = item[query == 0] == 2  # a single-item list
     labels = rng.integers(0, 3, size=n * L).astype(float)  # many ties
     lists = ItemLists(labels[keep], query[keep], item[keep], n, L)
     X = rng.normal(size=(n, d)) * [1.0, 10.0, 0.1]

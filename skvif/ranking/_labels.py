@@ -154,8 +154,14 @@ class PerItemScores(_Scores):
         self.block_size = self.F.shape[1]
         self.n_params = self.n_items * self.block_size
         self.item_at, self.valid = lists.item_at, lists.valid
-        self._rows = np.arange(self.n_queries)[:, None]
-        if not self.per_query:
+        if self.per_query:
+            if lists.width != lists.n_items or np.any(lists.valid == 0):
+                raise ValueError("Features per query need every item in every list.")
+            # flat gathers between (query, position) and (query, item) order, both ways
+            self._by_position = (np.arange(self.n_queries)[:, None] * self.n_items
+                                 + lists.item_at).ravel()
+            self._by_item = np.argsort(lists.item_at, axis=1)
+        else:
             present = lists.valid.ravel() > 0
             pos = np.flatnonzero(present)
             self._membership = scipy.sparse.csr_matrix(
@@ -167,19 +173,21 @@ class PerItemScores(_Scores):
         W = anp.reshape(params, lead + (self.n_items, self.block_size))
         if self.per_query:
             S_items = anp.matmul(self.F, anp.swapaxes(W, -1, -2))  # (..., n_queries, n_items)
-            return S_items[..., self._rows, self.item_at]
+            S = anp.reshape(S_items, lead + (-1,))[..., self._by_position]
+            return anp.reshape(S, lead + (self.n_queries, self.width))
         S = anp.sum(W[..., self.item_at.ravel(), :] * self.F, axis=-1)
         return anp.reshape(S, lead + (self.n_queries, self.width))
 
     def adjoint(self, G, queries):
         lead = G.shape[:-2]
-        G = G * self.valid[queries]
         if self.per_query:
-            G_items = np.zeros(lead + (queries.size, self.n_items))
-            q, k = np.nonzero(self.valid[queries])
-            G_items[..., q, self.item_at[queries][q, k]] = G[..., q, k]
+            flat = (np.arange(queries.size)[:, None] * self.width
+                    + self._by_item[queries]).ravel()
+            G_items = np.reshape(G, lead + (-1,))[..., flat].reshape(
+                lead + (queries.size, self.n_items))
             out = np.swapaxes(G_items, -1, -2) @ self.F[queries]
             return out.reshape(lead + (self.n_params,))
+        G = G * self.valid[queries]
         pos = self._positions(queries)
         Gf = G.reshape((-1, pos.size))
         M = self._membership[:, pos]
@@ -190,9 +198,7 @@ class PerItemScores(_Scores):
         b = self.block_size
         outer = (self.F[:, :, None] * self.F[:, None, :]).reshape(-1, b * b)
         if self.per_query:
-            D_items = np.zeros((self.n_queries, self.n_items))
-            q, k = np.nonzero(self.valid)
-            D_items[q, self.item_at[q, k]] = D[q, k]
+            D_items = np.take_along_axis(D, self._by_item, axis=1)
             return (D_items.T @ outer).reshape(self.n_items, b, b)
         return np.asarray(self._membership @ (D.ravel()[:, None] * outer)).reshape(
             self.n_items, b, b)
