@@ -194,6 +194,26 @@ class PerItemScores(_Scores):
         out = np.stack([M @ (g[:, None] * self.F[pos]) for g in Gf])
         return out.reshape(lead + (self.n_params,))
 
+    def hessian(self, curvature):
+        """``sum_q J_q^T A_q J_q``, for features per query.
+
+        Block ``(j, l)`` is ``sum_q A_q[j, l] x_q x_q^T`` with ``A_q`` the score
+        Hessian of list ``q`` in item order: one matrix product over chunks
+        of queries instead of ``p`` Hessian-vector products.
+        """
+        L, b = self.n_items, self.block_size
+        H = np.zeros((L * L, b * b))
+        size = max(1, _BATCH_SCORES // (L * L))
+        for start in range(0, self.n_queries, size):
+            qs = np.arange(start, min(self.n_queries, start + size))
+            perm = self._by_item[qs]
+            A = curvature.matrix(qs)[np.arange(qs.size)[:, None, None], perm[:, :, None],
+                                     perm[:, None, :]]
+            XX = (self.F[qs, :, None] * self.F[qs, None, :]).reshape(qs.size, b * b)
+            H += A.reshape(qs.size, L * L).T @ XX
+        H = H.reshape(L, L, b, b).transpose(0, 2, 1, 3).reshape(L * b, L * b)
+        return 0.5 * (H + H.T)
+
     def blocks(self, D):
         b = self.block_size
         outer = (self.F[:, :, None] * self.F[:, None, :]).reshape(-1, b * b)
@@ -267,6 +287,25 @@ class ScoreCurvature:
         U = np.cumsum((self.e * V)[..., ::-1], axis=-1)[..., ::-1]
         return self.e * (V * self.C - np.cumsum(self.a * U / _safe(self.T), axis=-1))
 
+    def matrix(self, lists):
+        """The score Hessians ``(len(lists), width, width)`` of the lists ``lists``.
+
+        ListMLE's is ``diag(e C) - [e_j e_l K_min(j, l)]`` with
+        ``K = cumsum(a / T)``.
+        """
+        e = self.e[lists]
+        if self.loss == "listnet":
+            q = self.q[lists]
+            A = -q[:, :, None] * q[:, None, :]
+            A[:, np.arange(q.shape[1]), np.arange(q.shape[1])] += q
+            return self.mass[lists][:, :, None] * A
+        K = np.cumsum(self.a[lists] / _safe(self.T[lists]), axis=-1)
+        width = e.shape[1]
+        A = -e[:, :, None] * e[:, None, :] * K[:, np.minimum.outer(np.arange(width),
+                                                               np.arange(width))]
+        A[:, np.arange(width), np.arange(width)] += (e * self.C[lists])
+        return A
+
     def diagonal(self):
         if self.loss == "listnet":
             return self.mass * self.q * (1.0 - self.q)
@@ -324,9 +363,12 @@ class _Point:
         return scores.adjoint(HS, self.problem._all) + self.problem.alpha * V
 
     def hessian(self):
-        """The dense ``(p, p)`` Hessian, from batches of Hessian-vector products."""
+        """The dense ``(p, p)`` Hessian: in closed form for features per query, else
+        from batches of Hessian-vector products."""
         p = self.problem.n_params
         lists = self.problem.lists
+        if getattr(self.problem.scores, "per_query", False):
+            return self.problem.scores.hessian(self.curvature) + self.problem.alpha * np.eye(p)
         size = max(1, _BATCH_SCORES // (lists.n_queries * lists.width))
         H = np.empty((p, p))
         for start in range(0, p, size):
