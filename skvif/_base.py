@@ -154,3 +154,15 @@ def feature_names(estimator):
     if names is None:
         names = [f"x{j}" for j in range(estimator.n_features_in_)]
     return pd.Index(names)
+
+
+class FittedLinearMixin:
+    """Tags ``y`` as required, and fitted once ``coef_`` exists (left of ``BaseEstimator``)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "coef_")

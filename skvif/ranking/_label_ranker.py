@@ -12,11 +12,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _num_samples, check_is_fitted
 
-from .._base import (FittedInputMixin, check_influence_options, check_labels,
+from .._base import (FittedInputMixin, FittedLinearMixin, check_influence_options, check_labels,
                      feature_names, validate_X)
 from .._engine import _positions, check_choice, check_n_jobs, check_units, influence
 from ._labels import (ItemLists, ItemRankerDerivatives, ItemRankingProblem, PerItemScores,
                       ScoreCurvature, SharedLinearScores, newton_cg)
+from ._estimator import _check_labels
 from ._objective import LOSSES, list_losses
 
 __all__ = ["LabelRankerInfluence"]
@@ -38,18 +39,10 @@ def _check_relevance(y, n_samples):
     if y.ndim not in (1, 2) or y.shape[0] != n_samples:
         raise ValueError(f"y must have one row per row of X ({n_samples}), 1-D or 2-D, got "
                          f"shape {y.shape}.")
-    if y.dtype.kind == "c":
-        raise ValueError("Complex data not supported: relevance labels y must be real.")
-    try:
-        y = y.astype(float)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"Relevance labels y must be numeric: {exc}") from None
-    if not np.all(np.isfinite(y)):
-        raise ValueError("Relevance labels y contain NaN or infinite values.")
-    return y
+    return _check_labels(y.ravel(), y.size).reshape(y.shape)
 
 
-class LabelRankerInfluence(FittedInputMixin, BaseEstimator):
+class LabelRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator):
     r"""Listwise ranking of items shared across queries (label ranking), with influence.
 
     Each query ranks a list of *items* that also appear in other queries: in
@@ -177,14 +170,6 @@ class LabelRankerInfluence(FittedInputMixin, BaseEstimator):
         self.alpha = alpha
         self.tol = tol
         self.max_iter = max_iter
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        return tags
-
-    def __sklearn_is_fitted__(self):
-        return hasattr(self, "coef_")
 
     # ------------------------------------------------------------------ data
     def _item_codes(self, item_id, n, fitting):
