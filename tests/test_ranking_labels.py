@@ -45,7 +45,9 @@ def random_problem(loss, kind, seed, *, scale=2.0):
     if kind != "per_query":  # (features per query: every label in every list)
         keep[query == 0] = item[query == 0] == 2  # a single-item list
     labels = rng.integers(0, 3, size=n * L).astype(float)  # many ties
-    lists = ItemLists(labels[keep], query[keep], item[keep], n, L)
+    # ListNet with features per query: lists in item order (the estimator's layout)
+    lists = ItemLists(labels[keep], query[keep], item[keep], n, L,
+                      by_label=loss == "listmle" or kind != "per_query")
     X = rng.normal(size=(n, d)) * [1.0, 10.0, 0.1]
     if kind == "per_query":
         scores = PerItemScores(X, lists, per_query=True)

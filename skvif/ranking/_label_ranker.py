@@ -207,7 +207,8 @@ class LabelRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator):
                 raise ValueError(f"y has {n_items} label columns; the ranker was fitted "
                                  f"on {self.items_.size}.")
             query = np.repeat(np.arange(n), n_items)
-            lists = ItemLists(y.ravel(), query, np.tile(np.arange(n_items), n), n, n_items)
+            lists = ItemLists(y.ravel(), query, np.tile(np.arange(n_items), n), n, n_items,
+                              by_label=self._loss == "listmle")
             return lists, PerItemScores(X, lists, per_query=True), np.arange(n)
         if qid is None or item_id is None:
             raise ValueError("With a 1-D y (one relevance label per row) qid and item_id are "
@@ -220,7 +221,8 @@ class LabelRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator):
         if np.unique(pairs).size != n:
             raise ValueError("An item appears twice in a query (repeated (qid, item_id) "
                              "pair): each item is at most once in a list.")
-        lists = ItemLists(y, query, codes, queries.size, self.items_.size)
+        lists = ItemLists(y, query, codes, queries.size, self.items_.size,
+                          by_label=self._loss == "listmle")
         features = np.zeros((lists.n_queries * lists.width, X.shape[1]))
         features[lists.row_query * lists.width + lists.row_position] = X
         if self._scorer == "linear":
@@ -302,15 +304,24 @@ class LabelRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator):
         """Row index arrays of the units, the removed item of each (or -1), and their labels."""
         lists = self._problem.lists
         if unit == "item_id":
-            labels, codes = self.items_, np.arange(self.items_.size)
-            rows = [np.flatnonzero(lists.row_item == c) for c in codes]
+            labels = self.items_
+            by_item = np.argsort(lists.row_item, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(lists.row_item,
+                                                                minlength=labels.size))])
+
+            def rows_of(k):
+                return by_item[bounds[k]:bounds[k + 1]]
         elif unit == "query":
             labels = self.queries_
-            rows = [lists.index[q, lists.valid[q] > 0] for q in range(lists.n_queries)]
+
+            def rows_of(k):
+                return lists.index[k, lists.valid[k] > 0]
         else:
             labels = np.arange(lists.n_rows)
-            rows = [np.array([i]) for i in range(lists.n_rows)]
-        keep = np.arange(len(rows))
+
+            def rows_of(k):
+                return np.array([k])
+        keep = np.arange(len(labels))
         if units is not None:
             units = np.atleast_1d(np.asarray(units))
             keep = np.searchsorted(labels, units)
@@ -319,7 +330,7 @@ class LabelRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator):
                 raise ValueError(f"units holds labels that are not {unit} labels of the "
                                  "training data.")
         removed = keep if unit == "item_id" else np.full(keep.size, -1)
-        return check_units([rows[k] for k in keep], lists.n_rows), removed, labels[keep]
+        return check_units([rows_of(k) for k in keep], lists.n_rows), removed, labels[keep]
 
     def influence_(self, X=None, y=None, qid=None, item_id=None, *, target="coef",
                    unit="item_id", units=None, method="vif", solver="auto", damping=0.0,

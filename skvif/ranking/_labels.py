@@ -46,6 +46,11 @@ class ItemLists:
         Item code of each row, ``0 .. n_items - 1``; an item appears at most
         once in a query.
     n_queries, n_items : int
+    by_label : bool, default=True
+        Sort each list by descending label (ListMLE's permutation); ListNet
+        does not depend on the order, and without sorting rows keep their
+        order within a query (multilabel rows: item order, which spares
+        the score gathers).
 
     Attributes
     ----------
@@ -54,9 +59,10 @@ class ItemLists:
     row_query, row_position : ndarray of shape (n_rows,)
     """
 
-    def __init__(self, labels, query, item, n_queries, n_items):
+    def __init__(self, labels, query, item, n_queries, n_items, by_label=True):
         n = labels.shape[0]
-        order = np.lexsort((-labels, query))  # by query, then descending label; stable
+        # by query, then descending label; stable
+        order = np.lexsort((-labels, query)) if by_label else np.argsort(query, kind="stable")
         counts = np.bincount(query, minlength=n_queries)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
         width = int(counts.max())
@@ -161,6 +167,7 @@ class PerItemScores(_Scores):
             self._by_position = (np.arange(self.n_queries)[:, None] * self.n_items
                                  + lists.item_at).ravel()
             self._by_item = np.argsort(lists.item_at, axis=1)
+            self._item_order = bool(np.all(lists.item_at == np.arange(self.n_items)))
         else:
             present = lists.valid.ravel() > 0
             pos = np.flatnonzero(present)
@@ -173,6 +180,8 @@ class PerItemScores(_Scores):
         W = anp.reshape(params, lead + (self.n_items, self.block_size))
         if self.per_query:
             S_items = anp.matmul(self.F, anp.swapaxes(W, -1, -2))  # (..., n_queries, n_items)
+            if self._item_order:
+                return S_items
             S = anp.reshape(S_items, lead + (-1,))[..., self._by_position]
             return anp.reshape(S, lead + (self.n_queries, self.width))
         S = anp.sum(W[..., self.item_at.ravel(), :] * self.F, axis=-1)
@@ -181,10 +190,12 @@ class PerItemScores(_Scores):
     def adjoint(self, G, queries):
         lead = G.shape[:-2]
         if self.per_query:
-            flat = (np.arange(queries.size)[:, None] * self.width
-                    + self._by_item[queries]).ravel()
-            G_items = np.reshape(G, lead + (-1,))[..., flat].reshape(
-                lead + (queries.size, self.n_items))
+            G_items = G
+            if not self._item_order:
+                flat = (np.arange(queries.size)[:, None] * self.width
+                        + self._by_item[queries]).ravel()
+                G_items = np.reshape(G, lead + (-1,))[..., flat].reshape(
+                    lead + (queries.size, self.n_items))
             out = np.swapaxes(G_items, -1, -2) @ self.F[queries]
             return out.reshape(lead + (self.n_params,))
         G = G * self.valid[queries]
@@ -283,7 +294,7 @@ class ScoreCurvature:
         """Score Hessian times ``V`` (``(..., n_lists, width)``, leading axes broadcast)."""
         if self.loss == "listnet":
             qv = self.q * V
-            return self.mass * (qv - self.q * qv.sum(axis=-1, keepdims=True))
+            return (self.mass * self.q) * (V - qv.sum(axis=-1, keepdims=True))
         U = np.cumsum((self.e * V)[..., ::-1], axis=-1)[..., ::-1]
         return self.e * (V * self.C - np.cumsum(self.a * U / _safe(self.T), axis=-1))
 
