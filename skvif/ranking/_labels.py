@@ -283,7 +283,8 @@ class ScoreCurvature:
             den = num.sum(axis=-1, keepdims=True)
             p = num / _safe(den)
             self.mass = (total > 0) * p.sum(axis=-1, keepdims=True)
-            self.gradient = self.mass * self.q - p
+            self._mq = self.mass * self.q
+            self.gradient = self._mq - p
         else:
             self.T = np.cumsum(self.e[..., ::-1], axis=-1)[..., ::-1]
             self.a = W / _safe(self.T)
@@ -294,7 +295,7 @@ class ScoreCurvature:
         """Score Hessian times ``V`` (``(..., n_lists, width)``, leading axes broadcast)."""
         if self.loss == "listnet":
             qv = self.q * V
-            return (self.mass * self.q) * (V - qv.sum(axis=-1, keepdims=True))
+            return self._mq * (V - qv.sum(axis=-1, keepdims=True))
         U = np.cumsum((self.e * V)[..., ::-1], axis=-1)[..., ::-1]
         return self.e * (V * self.C - np.cumsum(self.a * U / _safe(self.T), axis=-1))
 
