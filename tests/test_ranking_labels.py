@@ -12,10 +12,11 @@ import pytest
 from autograd import grad
 from scipy.optimize import minimize as scipy_minimize
 from scipy.special import logsumexp, softmax
-from scipy.stats import pearsonr
 from sklearn.datasets import make_multilabel_classification
 from sklearn.decomposition import TruncatedSVD
 from sklearn.utils._param_validation import InvalidParameterError
+
+from _accuracy import assert_agrees
 
 from skvif import _engine
 from skvif.ranking import LabelRankerInfluence, ListwiseRankerInfluence
@@ -172,11 +173,6 @@ def test_item_removal_is_deleting_the_label_column(loss):
         np.testing.assert_allclose(loo_loss[j], np.subtract(lists_test, full), atol=1e-8)
 
 
-def agreement(estimate, exact):
-    e, x = estimate.ravel(), exact.ravel()
-    return pearsonr(e, x)[0], np.polyfit(x, e, 1)[0], np.abs(e - x).max() / np.abs(x).max()
-
-
 @pytest.mark.parametrize("loss", LOSSES)
 def test_label_influence_matches_exact_refits(loss):
     X, Y, X_test, Y_test = multilabel(300, 8, seed=1)
@@ -186,8 +182,8 @@ def test_label_influence_matches_exact_refits(loss):
     for method, (r_min, slope_tol, err_max) in {"vif": (0.995, 0.05, 0.1),
                                                 "newton": (0.998, 0.03, 0.06)}.items():
         est = ranker.influence_(X_test, Y_test, target="loss", method=method)
-        r, slope, err = agreement(est, exact)
-        assert r > r_min and abs(slope - 1) < slope_tol and err < err_max, (method, r, slope, err)
+        assert_agrees(est, exact, min_r=r_min, slope=(1 - slope_tol, 1 + slope_tol),
+                      max_error=err_max, label=method)
     # the parameters of the items left: "newton" (with the leave-out Hessian) as they are;
     # "vif" up to a common shift of all items' parameters, which no loss sees and only the
     # ridge (and the removed item's own parameters, zeroed by the refit) sets
@@ -197,14 +193,14 @@ def test_label_influence_matches_exact_refits(loss):
         return np.stack([d[k] - d[k].mean(axis=0) for d, k in zip(delta, kept)])
 
     exact_coef = ranker.influence_(method="loo")
-    r, slope, err = agreement(ranker.influence_(method="newton")[kept], exact_coef[kept])
-    assert r > 0.99 and abs(slope - 1) < 0.03 and err < 0.2, (r, slope, err)
+    assert_agrees(ranker.influence_(method="newton")[kept], exact_coef[kept], min_r=0.99,
+                  slope=(0.97, 1.03), max_error=0.2, label="newton coef")
+    # (ListMLE's removals are less linear: each changes every later suffix)
+    r_min, slope_tol, err_max = (0.99, 0.08, 0.12) if loss == "listnet" else (0.97, 0.12, 0.4)
     for solver in ["direct", "cg"]:
-        r, slope, err = agreement(centred(ranker.influence_(solver=solver)),
-                                  centred(exact_coef))
-        # (ListMLE's removals are less linear: each changes every later suffix)
-        r_min, slope_tol, err_max = (0.99, 0.08, 0.12) if loss == "listnet" else (0.97, 0.12, 0.4)
-        assert r > r_min and abs(slope - 1) < slope_tol and err < err_max, (solver, r, slope, err)
+        assert_agrees(centred(ranker.influence_(solver=solver)), centred(exact_coef),
+                      min_r=r_min, slope=(1 - slope_tol, 1 + slope_tol), max_error=err_max,
+                      label=f"vif coef, solver={solver}")
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -318,5 +314,4 @@ def test_mediamill_shape(loss):
     units = ranker.items_[::10]
     est = ranker.influence_(Z[5000:], Y[5000:], target="loss", units=units)
     exact = ranker.influence_(Z[5000:], Y[5000:], target="loss", units=units, method="loo")
-    r, slope, err = agreement(est, exact)
-    assert r >= 0.999 and 0.98 <= slope <= 1.02, (r, slope, err)
+    assert_agrees(est, exact, min_r=0.999, slope=(0.98, 1.02), max_error=0.05, label=loss)
