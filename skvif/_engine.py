@@ -287,7 +287,7 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     return P, n_iter, converged
 
 
-def _chord_iterations(lossb, P, W, solve, *, tol, max_iter=_CHORD_MAX_ITER):
+def _chord_iterations(lossb, P, W, solve, *, tol, scale, max_iter=_CHORD_MAX_ITER):
     """Approach the minima of ``k`` leave-out problems with a fixed Hessian.
 
     Iterates ``P <- P - H^-1 grad L(P; W)`` with ``solve`` applying the
@@ -301,7 +301,9 @@ def _chord_iterations(lossb, P, W, solve, *, tol, max_iter=_CHORD_MAX_ITER):
     -------
     P : ndarray of shape (k, p)
     converged : ndarray of shape (k,) of bool
-        The last step was at most ``tol * (1 + max |P|)`` and at most half the
+        The last step, in the Hessian's units (times ``scale``, the square
+        root of the Hessian's diagonal, as in :func:`minimize`), was at most
+        ``tol * (1 + max |P * scale|)`` and at most half the
         one before (an observed rate ``rho <= 1/2``), so the distance left to
         the minimum, about ``rho / (1 - rho)`` times that step, is within the
         tolerance :func:`minimize` uses. Judged valid only for strongly convex
@@ -320,8 +322,8 @@ def _chord_iterations(lossb, P, W, solve, *, tol, max_iter=_CHORD_MAX_ITER):
         ft = np.asarray(lossb(trial, W[act]), dtype=float)
         ok = np.isfinite(ft) & (ft <= f[act] + 1e-13 * (1.0 + np.abs(f[act])))
         P[act[ok]], f[act[ok]] = trial[ok], ft[ok]
-        size = np.max(np.abs(step), axis=1)
-        small = size <= tol * (1.0 + np.max(np.abs(trial), axis=1))
+        size = np.max(np.abs(step * scale), axis=1)
+        small = size <= tol * (1.0 + np.max(np.abs(trial * scale), axis=1))
         converged[act] = ok & small & (size <= 0.5 * last[act])
         last[act] = size
         act = act[ok & ~small]
@@ -725,7 +727,7 @@ def _refit_chunk(chunk, *, lossb, theta, n, quantity, chord, scale, tol, max_ite
     singular = np.zeros(len(chunk), dtype=bool)
     if chord is not None and finite.any():
         ok = np.flatnonzero(finite)
-        P[ok], done = _chord_iterations(lossb, P[ok], W[ok], chord, tol=tol)
+        P[ok], done = _chord_iterations(lossb, P[ok], W[ok], chord, tol=tol, scale=scale)
         if strongly_convex:  # otherwise judged by Newton's method, below
             conv[ok] = done
     todo = np.flatnonzero(~conv)
@@ -882,6 +884,22 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     influence : ndarray of shape (n_units, n_params) or (n_units, m)
         ``influence[u, j]`` estimates ``quantity_j(fit without unit u) -
         quantity_j(fit on all data)``.
+
+    Warns
+    -----
+    UserWarning
+        On every method and solver, when ``params`` is not at a minimum of
+        ``loss(., ones)``: the Hessian is not positive definite, or one Newton
+        step would lower the loss by more than ``1e-8 (1 + |loss|)`` (the
+        influence formulas, and ``"loo"``'s differences, assume fitted
+        params). From 2000 parameters on only the second check is made (by
+        conjugate gradients).
+
+    Raises
+    ------
+    TypeError
+        When autograd cannot differentiate the loss or the target (written
+        with ``math``, ``float()``, plain ``numpy`` on boxed values...).
 
     Notes
     -----

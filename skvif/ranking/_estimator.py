@@ -87,8 +87,9 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         (a feature that orders every list perfectly), so keep ``alpha > 0``
         unless the data are known to be non-separable.
     tol : float, default=1e-9
-        Newton's method stops once a full step moves no coefficient by more
-        than ``tol * (1 + max |coef|)``.
+        Newton's method stops once a full step, in the Hessian's units
+        (``|step_j| sqrt(H_jj)``), is at most ``tol * (1 + max_j |coef_j|
+        sqrt(H_jj))``: the fit does not depend on the units of the columns.
     max_iter : int, default=100
         Maximum number of Newton iterations (a ``ConvergenceWarning`` is
         raised when reached).

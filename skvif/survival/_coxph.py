@@ -149,8 +149,9 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     alpha : float, default=0.0
         Ridge penalty on the coefficients, see Notes.
     tol : float, default=1e-9
-        Newton's method stops once a full step changes no coefficient by more
-        than ``tol * (1 + max |coef|)``.
+        Newton's method stops once a full step, in the Hessian's units
+        (``|step_j| sqrt(H_jj)``), is at most ``tol * (1 + max_j |coef_j|
+        sqrt(H_jj))``: the fit does not depend on the units of the columns.
     max_iter : int, default=100
         Maximum number of Newton iterations.
 
