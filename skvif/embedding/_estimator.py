@@ -290,8 +290,9 @@ class NodeEmbeddingInfluence(BaseEstimator):
         return tags
 
     def _problem(self, anchor=None):
-        return _Problem(self.edge_index_, len(self.nodes_), self.n_components, self.window,
-                        float(self.alpha), anchor)
+        n_components, window, alpha = self._fitted_objective
+        return _Problem(self.edge_index_, len(self.nodes_), n_components, window, alpha,
+                        anchor)
 
     def _params(self):
         return np.concatenate([np.ravel(self.embedding_), np.ravel(self.context_embedding_)])
@@ -318,6 +319,8 @@ class NodeEmbeddingInfluence(BaseEstimator):
         self.edges_ = list(G.edges())
         self.edge_index_ = np.array([[position[a], position[b]] for a, b in self.edges_],
                                     dtype=np.intp).reshape(-1, 2)
+        # the objective is fixed at fit: set_params afterwards changes the next fit only
+        self._fitted_objective = (int(self.n_components), int(self.window), float(self.alpha))
         n, d = len(self.nodes_), int(self.n_components)
         problem = self._problem()
         ones = np.ones(len(self.edges_))
@@ -449,7 +452,7 @@ class NodeEmbeddingInfluence(BaseEstimator):
             raise ValueError("damping must be > 0 for this non-convex objective "
                              "(see the class Notes).")
         index = self._pair_index(pairs)
-        n, d = len(self.nodes_), int(self.n_components)
+        n, d = self.embedding_.shape
         theta = self._params()
         problem = self._problem(anchor=theta)
         if unit == "node":

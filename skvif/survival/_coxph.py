@@ -72,7 +72,7 @@ def check_survival_y(y, n_samples=None):
         where = ("its first field" if names is not None
                  else "the second column of a 2-column y [time, event]")
         raise ValueError(f"The event indicator ({where}) must be boolean or 0/1, "
-                         f"got {bad:g}.")
+                         f"got {float(bad)!r}.")
     if not np.all(np.isfinite(time)):
         raise ValueError("Survival times contain NaN or infinite values.")
     if np.any(time < 0):
@@ -83,6 +83,25 @@ def check_survival_y(y, n_samples=None):
     if not event.any():
         raise ValueError("All observations are censored: at least one event is needed.")
     return event, time
+
+
+def _check_clusters(n_clusters, n_features):
+    """The sandwich variance needs more clusters than coefficients.
+
+    The cluster influences sum to ``H^-1 grad J = 0`` at the fit, so ``D.T @ D``
+    has rank at most ``n_clusters - 1``: one cluster gives zero variance, and
+    at most ``n_features`` clusters a singular one (R reports both silently).
+    """
+    if n_clusters < 2:
+        raise ValueError("summary(robust=True) with a single cluster: the robust variance "
+                         "is zero by construction (the cluster's score is the total score, "
+                         "0 at the fit). Use robust=False or more clusters.")
+    if n_clusters <= n_features:
+        warnings.warn(f"summary(robust=True) with {n_clusters} clusters for {n_features} "
+                      f"coefficients: the robust covariance has rank at most "
+                      f"{n_clusters - 1} (singular), so its standard errors and p-values "
+                      "are not meaningful. Use robust=False or more clusters.",
+                      UserWarning, stacklevel=3)
 
 
 def _optional_rows(values, n_samples, name, dtype=None):
@@ -130,8 +149,9 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     alpha : float, default=0.0
         Ridge penalty on the coefficients, see Notes.
     tol : float, default=1e-9
-        Newton's method stops once a full step changes no coefficient by more
-        than ``tol * (1 + max |coef|)``.
+        Newton's method stops once a full step, in the Hessian's units
+        (``|step_j| sqrt(H_jj)``), is at most ``tol * (1 + max_j |coef_j|
+        sqrt(H_jj))``: the fit does not depend on the units of the columns.
     max_iter : int, default=100
         Maximum number of Newton iterations.
 
@@ -265,17 +285,21 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         self._strata, self._entry = strata, entry
         self._row_labels = labels
         self._risk_sets = RiskSets(time, event, entry, strata)
+        # the objective is fixed at fit: set_params afterwards changes the next fit only
+        self._ties, self._alpha = self.ties, float(self.alpha)
 
-        loss = self._loss()
+        # the fit minimizes J / s, s a power of two near the largest case weight (same
+        # minimizer, exactly): case weights of 1e-200 or 1e200 neither under- nor overflow
+        weight_scale = 2.0 ** np.round(np.log2(case_weights.max()))
         P, n_iter, converged = minimize(
-            loss, np.zeros((1, X.shape[1])), np.ones((1, n)),
+            self._loss(weight_scale=weight_scale), np.zeros((1, X.shape[1])), np.ones((1, n)),
             tol=self.tol, max_iter=self.max_iter)
         self.coef_ = P[0]
         self.n_iter_ = int(n_iter[0])
         # with alpha = 0, coefficients of collinear columns are not identifiable: say
         # so now, and refuse influence_/summary (whose Hessian is then singular, up to
         # rounding that would otherwise give meaningless huge numbers)
-        self._collinear = ([] if self.alpha > 0 else
+        self._collinear = ([] if self._alpha > 0 else
                            collinear_columns(X, feature_names(self), case_weights, strata))
         if self._collinear:
             warnings.warn(collinearity_message(
@@ -306,13 +330,15 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
                 "probably monotone (a covariate separates events from non-events). "
                 "Set a ridge penalty alpha.", ConvergenceWarning, stacklevel=2)
         self.log_likelihood_ = -float(negative_log_partial_likelihood(
-            self.coef_, case_weights, self._X, self._risk_sets, self.ties))
+            self.coef_, case_weights, self._X, self._risk_sets, self._ties))
         self.baseline_cumulative_hazard_ = self._baseline_frame()
         return self
 
-    def _loss(self, smooth=False):
-        return partial(_unit_loss, X=self._X, risk_sets=self._risk_sets, ties=self.ties,
-                       alpha=self.alpha, case_weights=self._case_weights, smooth=smooth)
+    def _loss(self, smooth=False, weight_scale=1.0):
+        """The fitted objective (divided by ``weight_scale``), in the engine's form."""
+        return partial(_unit_loss, X=self._X, risk_sets=self._risk_sets, ties=self._ties,
+                       alpha=self._alpha / weight_scale,
+                       case_weights=self._case_weights / weight_scale, smooth=smooth)
 
     def _baseline_frame(self):
         rs = self._risk_sets
@@ -387,6 +413,8 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         times = np.atleast_1d(np.asarray(times, dtype=float))
         if times.ndim != 1 or not np.all(np.isfinite(times)):
             raise ValueError("times must be a 1-D array of finite values.")
+        if times.size == 0:
+            raise ValueError("times is empty: pass at least one time.")
         return times
 
     def predict_survival_function(self, X, times, *, strata=None):
@@ -490,7 +518,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
                 event, time = check_survival_y(y, X_new.shape[0])
                 codes = None if self._strata_labels is None else self._strata_codes(
                     strata, X_new.shape[0])
-                spec["target"] = partial(_test_loss_target, X=X_new, ties=self.ties,
+                spec["target"] = partial(_test_loss_target, X=X_new, ties=self._ties,
                                          risk_sets=RiskSets(time, event, None, codes))
         # closed forms in O(n p): R's dfbeta by prefix sums ("if", any units), exact
         # leave-one-row-out gradient and Hessian changes ("vif", "newton": single
@@ -498,18 +526,18 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         if method == "if" or (method in ("vif", "newton") and groups is None
                               and self._entry is None):
             spec["derivatives"] = CoxDerivatives(self.coef_, self._X, self._risk_sets,
-                                                 self._case_weights, self.ties)
+                                                 self._case_weights, self._ties)
         result = influence(loss, self.coef_.copy(), n, units, method=method, solver=solver,
                            damping=damping, n_jobs=n_jobs, batched=True,
                            loss_if=self._loss(smooth=True), tol=self.tol,
                            max_iter=self.max_iter, verbose=verbose,
-                           strongly_convex=self.alpha > 0, **spec)
+                           strongly_convex=self._alpha > 0, **spec)
         index = group_labels if group_labels is not None else self._row_labels
         if target == "loss":
             result = result[:, 0]
-            return pd.Series(result, index=index, name="loss") if as_frame else result
-        if as_frame:
-            return pd.DataFrame(result, index=index, columns=columns)
+            return pd.Series(result, index=index.copy(), name="loss") if as_frame else result
+        if as_frame:  # (copies: renaming a result's index renames nothing else)
+            return pd.DataFrame(result, index=index.copy(), columns=columns.copy())
         if target == "survival":
             return result.reshape(len(units), X_new.shape[0], len(times))
         return result
@@ -554,6 +582,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
             raise ValueError(f"ci must be in (0, 1), got {ci!r}.")
         if robust:
             D = self.influence_(method="if", groups=groups)
+            _check_clusters(D.shape[0], self.coef_.size)
             cov = D.T @ D
         else:
             if groups is not None:
