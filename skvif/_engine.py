@@ -14,7 +14,6 @@ loop; every built-in objective of skvif is written this way.
 """
 
 import numbers
-import sys
 import warnings
 from functools import partial
 
@@ -26,6 +25,8 @@ from autograd.differential_operators import make_jvp_reversemode
 from joblib import Parallel, delayed
 from scipy.sparse.linalg import LinearOperator, cg
 from sklearn.exceptions import ConvergenceWarning
+
+from ._progress import progress_bar
 
 __all__ = ["vif", "ModelDerivatives", "METHODS", "SOLVERS"]
 
@@ -148,19 +149,21 @@ def _chunks(units, n_samples, batched, size=None):
 
 
 def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=None):
-    """Apply ``func(chunk_units)`` to chunks of units and stack the results."""
+    """Apply ``func(chunk_units)`` to chunks of units and stack the results.
+
+    ``verbose`` drives a progress bar over the units (see :mod:`skvif._progress`).
+    """
     chunks = _chunks(units, n_samples, batched, size)
     if n_jobs is not None and n_jobs != 1 and len(chunks) > 1:
-        results = Parallel(n_jobs=n_jobs, verbose=10 if verbose else 0)(
-            delayed(func)(chunk) for _, chunk in chunks
-        )
+        computed = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(func)(chunk) for _, chunk in chunks)
     else:
-        results = []
-        for start, chunk in chunks:
-            results.append(func(chunk))
-            if verbose:
-                done = start + len(chunk)
-                print(f"[skvif] {label}: {done}/{len(units)} units", file=sys.stderr)
+        computed = (func(chunk) for _, chunk in chunks)
+    results = []
+    with progress_bar(len(units), label, verbose) as bar:
+        for (_, chunk), result in zip(chunks, computed):
+            results.append(result)
+            bar.update(len(chunk))
     return np.concatenate(results, axis=0)
 
 
