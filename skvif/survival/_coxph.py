@@ -17,14 +17,36 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
                      check_labels, collinear_columns, collinearity_message, feature_names,
                      row_labels, units_from_groups, validate_X)
-from .._engine import HessianSolver, check_choice, check_units, influence, minimize
+from .._engine import _as_batched, _full_hessian, check_choice, check_units, influence, minimize
+from ._attributes import LifelinesAttributesMixin
+from ._bridge import FittedElsewhereMixin
 from ._fast import CoxDerivatives
+from ._formula import check_no_factors, complete_cases
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
 
 __all__ = ["CoxPHInfluence", "check_survival_y"]
 
 TARGETS = ("coef", "predict", "survival", "loss")
+SCALES = ("raw", "se")
+
+# column names read as the event indicator / the time of a 2-column y (lower case)
+EVENT_NAMES = ("event", "events", "status", "arrest", "cens", "death", "dead", "died",
+               "fail", "failure", "failed", "delta", "observed", "e", "d")
+TIME_NAMES = ("time", "times", "duration", "durations", "week", "weeks", "day", "days",
+              "month", "months", "year", "years", "t", "futime", "stop", "tte", "lenfol",
+              "survival_time", "time_to_event")
+
+
+def _event_time_by_name(names):
+    """``(event name, time name)`` when the two names are recognisable, else ``None``."""
+    if names is None or len(names) != 2:
+        return None
+    lower = [str(name).lower() for name in names]
+    for event, time in ((0, 1), (1, 0)):
+        if lower[event] in EVENT_NAMES and lower[time] in TIME_NAMES:
+            return names[event], names[time]
+    return None
 
 
 def check_survival_y(y, n_samples=None):
@@ -35,7 +57,10 @@ def check_survival_y(y, n_samples=None):
     y : structured array, array-like of shape (n, 2) or DataFrame
         A structured array with a boolean event field then a float time field
         (as ``sksurv.util.Surv.from_arrays(event, time)`` makes; any names), or
-        two columns ``[time, event]``.
+        two columns ``[time, event]``. Fields or DataFrame columns with
+        recognisable names (``event``, ``status``, ``arrest``, ``cens``,
+        ``death``, ... and ``time``, ``duration``, ``week``, ``days``, ...;
+        see ``EVENT_NAMES`` and ``TIME_NAMES``) are read by name, in either order.
     n_samples : int, default=None
         Expected number of rows.
 
@@ -51,7 +76,12 @@ def check_survival_y(y, n_samples=None):
     if names is not None:
         if len(names) != 2:
             raise ValueError(f"Structured y must have 2 fields (event, time), got {names}.")
-        event, time = np.asarray(y[names[0]]), np.asarray(y[names[1]])
+        event_name, time_name = _event_time_by_name(list(names)) or names
+        event, time = np.asarray(y[event_name]), np.asarray(y[time_name])
+    elif _event_time_by_name(list(getattr(y, "columns", []))) is not None:
+        event_name, time_name = _event_time_by_name(list(y.columns))
+        event, time = y[event_name].to_numpy(), y[time_name].to_numpy()
+        names = (event_name, time_name)
     else:
         arr = y.to_numpy() if hasattr(y, "to_numpy") else np.asarray(y)
         if arr.ndim != 2 or arr.shape[1] != 2:
@@ -69,8 +99,9 @@ def check_survival_y(y, n_samples=None):
         raise TypeError(f"Survival times and event indicators must be numeric: {exc}") from None
     if not np.all(np.isin(event_float, (0.0, 1.0))):
         bad = event_float[~np.isin(event_float, (0.0, 1.0))][0]
-        where = ("its first field" if names is not None
-                 else "the second column of a 2-column y [time, event]")
+        where = (f"field or column {names[0]!r}" if names is not None else
+                 "the second column of a 2-column y, read by position as [time, event] "
+                 "because its column names are not recognised as event and time")
         raise ValueError(f"The event indicator ({where}) must be boolean or 0/1, "
                          f"got {float(bad)!r}.")
     if not np.all(np.isfinite(time)):
@@ -135,7 +166,8 @@ def _test_loss_target(params, *, X, risk_sets, ties):
                                            ties)[None]
 
 
-class CoxPHInfluence(FittedInputMixin, BaseEstimator):
+class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInputMixin,
+                     BaseEstimator):
     r"""Cox proportional hazards model with influence diagnostics.
 
     Fits the Cox model by Newton's method and reports how each training row (or
@@ -154,6 +186,13 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         sqrt(H_jj))``: the fit does not depend on the units of the columns.
     max_iter : int, default=100
         Maximum number of Newton iterations.
+    missing : {"raise", "drop"}, default="raise"
+        Rows with a missing value (NaN or None) in ``X``, ``y``,
+        ``sample_weight``, ``strata`` or ``entry``: ``"raise"`` refuses them
+        (naming where and how many), ``"drop"`` leaves them out with a warning
+        (R's default ``na.omit``; the kept rows keep their labels, or their
+        positions for arrays, in every output). :func:`skvif.survival.coxph`
+        drops by default, as R.
 
     Attributes
     ----------
@@ -169,6 +208,24 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         one column per stratum.
     log_likelihood_ : float
         Log partial likelihood at ``coef_`` (penalty excluded).
+    dropped_rows_ : pandas.Index
+        Labels of the rows left out for missing values (``missing="drop"``).
+    params_, hazard_ratios_, standard_errors_ : pandas.Series
+        ``coef_``, ``exp(coef_)`` and the standard errors, indexed by feature,
+        as lifelines names them (computed when first read).
+    variance_matrix_ : pandas.DataFrame
+        Inverse Hessian of the objective at ``coef_`` (R's ``fit$var``).
+    confidence_intervals_ : pandas.DataFrame
+        95% Wald intervals (``"95% lower-bound"``, ``"95% upper-bound"``).
+    concordance_index_ : float
+        Harrell's concordance on the training data.
+
+    See Also
+    --------
+    skvif.survival.coxph : Fit from an R-style formula on a DataFrame (factors,
+        strata, missing values).
+    CoxPHInfluence.from_lifelines, CoxPHInfluence.from_sksurv : The same model
+        from a fit by lifelines or scikit-survival.
 
     Notes
     -----
@@ -198,6 +255,22 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     s_j^2` in original units. On columns with :math:`s_j = 1`,
     ``CoxPHInfluence(alpha=n * c)`` fits the same coefficients.
 
+    **Factors.** ``fit`` takes numbers only. For string or ``category``
+    columns, use the formula interface (``coxph("Surv(time, event) ~ .",
+    data)``), or encode them in a pipeline with treatment coding::
+
+        from sklearn.compose import make_column_transformer
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder
+
+        encode = make_column_transformer(
+            (OneHotEncoder(drop="first", sparse_output=False), ["horTh", "tgrade"]),
+            remainder="passthrough", verbose_feature_names_out=False)
+        X_encoded = encode.fit_transform(X)   # pandas output with set_output
+        model = CoxPHInfluence().fit(X_encoded, y)
+
+    (``encode.set_output(transform="pandas")`` keeps the column names.)
+
     **Sign.** ``influence_`` reports the change *upon removal*,
     :math:`\hat\beta_{(-i)} - \hat\beta`; lifelines' ``delta_beta`` residuals and
     R's ``dfbeta`` report :math:`\hat\beta - \hat\beta_{(-i)}`.
@@ -220,13 +293,15 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         "alpha": [Interval(Real, 0, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "missing": [StrOptions({"raise", "drop"})],
     }
 
-    def __init__(self, *, ties="efron", alpha=0.0, tol=1e-9, max_iter=100):
+    def __init__(self, *, ties="efron", alpha=0.0, tol=1e-9, max_iter=100, missing="raise"):
         self.ties = ties
         self.alpha = alpha
         self.tol = tol
         self.max_iter = max_iter
+        self.missing = missing
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -259,7 +334,9 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         self : CoxPHInfluence
         """
         self._validate_params()
-        labels = row_labels(X)
+        X, y, sample_weight, strata, entry, labels, dropped = complete_cases(
+            X, y, sample_weight, strata, entry, self.missing)
+        check_no_factors(X)
         X = validate_X(self, X, ensure_min_samples=2)
         n = X.shape[0]
         event, time = check_survival_y(y, n)
@@ -284,6 +361,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         self._time, self._event, self._case_weights = time, event, case_weights
         self._strata, self._entry = strata, entry
         self._row_labels = labels
+        self.dropped_rows_ = dropped
         self._risk_sets = RiskSets(time, event, entry, strata)
         # the objective is fixed at fit: set_params afterwards changes the next fit only
         self._ties, self._alpha = self.ties, float(self.alpha)
@@ -442,7 +520,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     # ------------------------------------------------------------ influence
     def influence_(self, X=None, y=None, *, target="coef", method="vif", groups=None,
                    times=None, strata=None, as_frame=False, solver="auto", damping=0.0,
-                   n_jobs=None, verbose=0):
+                   n_jobs=None, verbose=None, scale="raw"):
         r"""Estimated change of a fitted quantity when each training row is removed.
 
         Parameters
@@ -478,8 +556,18 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         damping : float, default=0.0
         n_jobs : int, default=None
             Number of joblib workers over chunks of units.
-        verbose : int, default=0
-            Print progress to stderr.
+        verbose : int, bool or None, default=None
+            Progress bar on stderr over the units (refits, Newton steps):
+            ``None`` shows one when stderr is a terminal and the run lasts
+            more than 2 s, ``0`` never, ``1`` always (see
+            :mod:`skvif._progress`).
+        scale : {"raw", "se"}, default="raw"
+            ``"se"`` (``target="coef"`` only) divides each coefficient's change
+            by its standard error, ``standard_errors_``: R's
+            ``residuals(fit, type="dfbetas")`` up to the sign (statsmodels'
+            ``dfbetas`` for linear models, which also uses the leave-out
+            residual scale). A readable size: about 1 is a change of one
+            standard error.
 
         Returns
         -------
@@ -489,6 +577,11 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         """
         check_is_fitted(self)
         check_choice(target, "target", TARGETS)
+        check_choice(scale, "scale", SCALES)
+        if scale == "se":
+            return self._dfbetas(groups=groups, method=method, as_frame=as_frame,
+                                 solver=solver, damping=damping, n_jobs=n_jobs,
+                                 verbose=verbose, target=target)
         damping = check_influence_options(method, solver, damping)
         check_identifiable(self, damping)
         n = self._X.shape[0]
@@ -542,6 +635,24 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
             return result.reshape(len(units), X_new.shape[0], len(times))
         return result
 
+    def _dfbetas(self, *, target, **options):
+        if target != "coef":
+            raise ValueError(f"scale='se' applies to target='coef' only, got {target!r}.")
+        change = self.influence_(**options)
+        return change / (self.standard_errors_ if options["as_frame"]
+                         else self.standard_errors_.to_numpy())
+
+    def _hessian(self):
+        """The full-data Hessian ``(p, p)`` of the objective at ``coef_`` (penalty included).
+
+        The one place it is formed: ``variance_matrix_`` (and from it
+        ``summary``, ``standard_errors_`` and the rest) goes through here.
+        """
+        derivatives = CoxDerivatives(self.coef_, self._X, self._risk_sets,
+                                     self._case_weights, self.ties)
+        return _full_hessian(_as_batched(self._loss(), True), self.coef_, self._X.shape[0],
+                             derivatives)
+
     # -------------------------------------------------------------- summary
     def summary(self, *, robust=False, groups=None, ci=0.95):
         """Coefficient table with standard errors, like lifelines' ``summary``.
@@ -587,11 +698,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         else:
             if groups is not None:
                 raise ValueError("groups is only used with robust=True.")
-            check_identifiable(self, 0.0)
-            p = self.coef_.size
-            hess = HessianSolver(self._loss(), self.coef_, np.ones(self._X.shape[0]),
-                                 solver="direct")
-            cov = hess.solve(np.eye(p))
+            cov = self.variance_matrix_.to_numpy()
         se = np.sqrt(np.diag(cov))
         z = self.coef_ / se
         q = stats.norm.ppf(0.5 + ci / 2)
