@@ -76,8 +76,10 @@ def _split_terms(rhs):
     return [t.strip() for t in terms if t.strip()]
 
 
-def _quote(name):
-    return f"`{name}`"
+def quote_name(name):
+    """A column name as a formula term (backticks unless it is a Python identifier)."""
+    name = str(name)
+    return name if name.isidentifier() else f"`{name}`"
 
 
 def parse_formula(formula, columns, *, duration=None, event=None, weights=None):
@@ -125,7 +127,7 @@ def parse_formula(formula, columns, *, duration=None, event=None, weights=None):
     if missing:
         raise ValueError(f"column(s) {', '.join(missing)} not in the data; columns are: "
                          f"{', '.join(map(str, columns))}.")
-    others = " + ".join(_quote(c) for c in columns if c not in roles)
+    others = " + ".join(quote_name(c) for c in columns if c not in roles)
     rhs = " + ".join(kept) if kept else "1"
     if _DOT.search(rhs):
         if not others:
@@ -204,7 +206,7 @@ def _reference_levels(spec):
 
 
 def design_from_formula(formula, data, *, duration=None, event=None, weights=None,
-                        missing="drop"):
+                        missing="drop", extra_columns=()):
     """Encode ``data`` by a survival formula (see :func:`coxph`).
 
     Returns
@@ -214,7 +216,9 @@ def design_from_formula(formula, data, *, duration=None, event=None, weights=Non
         labels), ``y`` (DataFrame ``[duration, event]``), ``strata``,
         ``entry``, ``weights`` (Series or None), ``reference_levels`` (dict),
         ``dropped`` (Index of the dropped rows' labels), ``model_spec``
-        (formulaic's, to encode new data) and the parsed roles.
+        (formulaic's, to encode new data), ``data`` (the kept rows of
+        ``data``) and the parsed roles. ``extra_columns`` (e.g. an id
+        column) count in the missing-value check too.
     """
     from formulaic import Formula, model_matrix
 
@@ -232,7 +236,7 @@ def design_from_formula(formula, data, *, duration=None, event=None, weights=Non
                          f"columns are: {', '.join(map(str, data.columns))}.")
     role_columns = [c for c in (roles["entry"], roles["duration"], roles["event"], weights,
                                 *roles["strata"]) if c is not None]
-    columns = list(dict.fromkeys(role_columns + used))
+    columns = list(dict.fromkeys(role_columns + used + list(extra_columns)))
     complete = drop_incomplete_rows(data[columns], missing)
     frame = data.loc[complete.to_numpy()]
     try:
@@ -252,7 +256,8 @@ def design_from_formula(formula, data, *, duration=None, event=None, weights=Non
             "entry": None if roles["entry"] is None else frame[roles["entry"]],
             "weights": None if weights is None else frame[weights],
             "reference_levels": _reference_levels(matrix.model_spec),
-            "dropped": data.index[~complete.to_numpy()], "model_spec": matrix.model_spec}
+            "dropped": data.index[~complete.to_numpy()], "model_spec": matrix.model_spec,
+            "data": frame}
 
 
 def coxph(formula, data, *, duration=None, event=None, weights=None, missing="drop",
