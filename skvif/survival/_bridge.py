@@ -59,7 +59,7 @@ def _lifelines_penalty(cph, X):
 def _lifelines_design(cph, df):
     names = list(cph.params_.index)
     if getattr(cph, "formula", None):
-        X = cph.regressors.transform_df(df)["beta"]
+        X = cph.regressors.transform_df(df)["beta_"]
         return X[names]
     absent = [c for c in names if c not in df.columns]
     if absent:
