@@ -199,6 +199,7 @@ def cox(args, out=None):
     model = CoxPHInfluence(ties=args.ties, alpha=args.alpha).fit(
         X, design["y"].set_axis(X.index), None if design["weights"] is None
         else design["weights"].to_numpy(), strata=design["strata"], entry=design["entry"])
+    model.dropped_rows_ = design["dropped"]
     if model._collinear:  # the fit checked the design (rows of positive weight, strata)
         raise ValueError(f"covariate column(s) {', '.join(model._collinear)} are collinear "
                          "or constant (within strata), so their coefficients are not "
