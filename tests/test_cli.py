@@ -151,7 +151,7 @@ BAD_INPUT = {
     "no events": (OK.assign(e=0), DATA, "All observations are censored"),
     "negative durations": (OK.assign(t=-OK.t), DATA, "Survival times must be non-negative"),
     "missing values": (OK.assign(x=np.where(ROW2, np.nan, OK.x)), DATA + " --missing raise",
-                       "1 row(s) have missing values, in the column(s) x (1)"),
+                       "1 of 30 row(s) have missing values (NaN or None) in the column(s) x (1)"),
     "infinite covariate": (OK.assign(x=np.where(ROW2, np.inf, OK.x)), DATA,
                            "the covariates contain infinite values"),
     "collinear covariates": (OK.assign(x_mg=1000 * OK.x), DATA,

@@ -67,7 +67,13 @@ class LifelinesAttributesMixin:
         if "variance" not in cache:
             check_identifiable(self, 0.0)
             H = self._hessian()
-            factor = scipy.linalg.cho_factor(H)
+            try:
+                factor = scipy.linalg.cho_factor(H)
+            except np.linalg.LinAlgError:
+                raise ValueError("the Hessian of the objective at coef_ is not positive "
+                                 "definite (a monotone likelihood or an ill-conditioned "
+                                 "design): no variance matrix. Set a ridge penalty "
+                                 "alpha > 0.") from None
             names = feature_names(self).rename("covariate")
             cache["variance"] = pd.DataFrame(
                 scipy.linalg.cho_solve(factor, np.eye(H.shape[0])), index=names, columns=names)

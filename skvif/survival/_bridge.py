@@ -85,7 +85,8 @@ class FittedElsewhereMixin:
             an l1 penalty, the model is refused).
         df : pandas.DataFrame
             The DataFrame ``cph`` was fitted on.
-        tol, max_iter
+        tol : float, default=1e-9
+        max_iter : int, default=100
             As :class:`CoxPHInfluence`.
 
         Returns
@@ -137,7 +138,8 @@ class FittedElsewhereMixin:
             The data ``est`` was fitted on.
         y : structured array
             Its outcomes (event, time).
-        tol, max_iter
+        tol : float, default=1e-9
+        max_iter : int, default=100
             As :class:`CoxPHInfluence`.
 
         Returns

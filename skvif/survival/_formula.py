@@ -105,7 +105,8 @@ def parse_formula(formula, columns, *, duration=None, event=None, weights=None):
             entry = args.pop(0)
         for given, name, role in ((duration, args[0], "duration"), (event, args[1], "event")):
             if given is not None and given != name:
-                raise ValueError(f"{role}={given!r} contradicts the formula's Surv({', '.join(args)}).")
+                raise ValueError(f"{role}={given!r} contradicts the formula's "
+                                 f"Surv({', '.join(args)}).")
         duration, event = args
     else:
         rhs = formula
@@ -143,6 +144,18 @@ def _missing_report(frame):
     return ", ".join(f"{c} ({k})" for c, k in counts.items())
 
 
+def _refuse_or_warn(n_bad, n_rows, where, missing):
+    """R's ``na.fail`` (``"raise"``) or ``na.omit`` (``"drop"``, with a warning)."""
+    if missing == "raise":
+        raise ValueError(f"{n_bad} of {n_rows} row(s) have missing values (NaN or None) in "
+                         f"{where}; drop or impute them, or set missing='drop' to leave "
+                         "them out (R's na.omit).")
+    if n_bad == n_rows:
+        raise ValueError(f"every row has a missing value (in {where}).")
+    warnings.warn(f"{n_bad} of {n_rows} rows dropped because of missing values (in {where}), "
+                  "as R's na.omit.", UserWarning, stacklevel=4)
+
+
 def drop_incomplete_rows(frame, missing="drop"):
     """Rows of ``frame`` without missing values, as R's ``na.omit``, warning how many.
 
@@ -161,17 +174,9 @@ def drop_incomplete_rows(frame, missing="drop"):
     if missing not in ("drop", "raise"):
         raise ValueError(f"missing must be 'drop' or 'raise', got {missing!r}.")
     incomplete = frame.isna().any(axis=1)
-    n_bad = int(incomplete.sum())
-    if n_bad:
-        where = _missing_report(frame)
-        if missing == "raise":
-            raise ValueError(f"{n_bad} row(s) have missing values, in the column(s) "
-                             f"{where}; drop them (missing='drop', as R's na.omit) or "
-                             "impute them.")
-        if n_bad == len(frame):
-            raise ValueError(f"every row has a missing value (in the column(s) {where}).")
-        warnings.warn(f"{n_bad} of {len(frame)} rows dropped because of missing values "
-                      f"(in the column(s) {where}), as R's na.omit.", UserWarning, stacklevel=3)
+    if incomplete.any():
+        _refuse_or_warn(int(incomplete.sum()), len(frame),
+                        f"the column(s) {_missing_report(frame)}", missing)
     return ~incomplete
 
 
@@ -285,7 +290,10 @@ def coxph(formula, data, *, duration=None, event=None, weights=None, missing="dr
         left out, with a warning saying how many (R's ``na.omit``); the
         remaining rows keep their labels in every output. ``"raise"``:
         refuse them.
-    ties, alpha, tol, max_iter
+    ties : {"efron", "breslow"}, default="efron"
+    alpha : float, default=0.0
+    tol : float, default=1e-9
+    max_iter : int, default=100
         As :class:`~skvif.survival.CoxPHInfluence`.
 
     Returns
@@ -372,15 +380,7 @@ def complete_cases(X, y, sample_weight, strata, entry, missing):
         return (*parts.values(), labels, labels[:0])
     incomplete = np.any(np.stack(list(flags.values())), axis=0)
     where = ", ".join(f"{name} ({int(flag.sum())})" for name, flag in flags.items())
-    n_bad = int(incomplete.sum())
-    if missing == "raise":
-        raise ValueError(f"{n_bad} of {len(labels)} rows have missing values (NaN or None), "
-                         f"in {where}; drop or impute them, or set missing='drop' to leave "
-                         "them out as R's na.omit.")
-    if n_bad == len(labels):
-        raise ValueError(f"every row has a missing value (in {where}).")
-    warnings.warn(f"{n_bad} of {len(labels)} rows dropped because of missing values "
-                  f"(in {where}), as R's na.omit.", UserWarning, stacklevel=3)
+    _refuse_or_warn(int(incomplete.sum()), len(labels), where, missing)
     keep = np.flatnonzero(~incomplete)
     return (*(_take(values, keep) for values in parts.values()), labels[keep],
             labels[incomplete])
