@@ -291,8 +291,8 @@ def test_y_columns_read_by_name():
     np.testing.assert_array_equal(by_position.coef_, by_name.coef_)
     event, time = check_survival_y(pd.DataFrame({"status": [1, 0], "days": [5.0, 3.0]}))
     assert event.tolist() == [True, False] and time.tolist() == [5.0, 3.0]
-    with pytest.raises(ValueError, match=r"read by position as \[time, event\] because its "
-                                         "column names are not recognised"):
+    with pytest.raises(ValueError, match=r"\[time, event\], read by position because its "
+                                         "column names 'a', 'b' are not recognised"):
         check_survival_y(pd.DataFrame({"a": [1, 0], "b": [5.0, 3.0]}))
 
 

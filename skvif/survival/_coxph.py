@@ -100,8 +100,10 @@ def check_survival_y(y, n_samples=None):
     if not np.all(np.isin(event_float, (0.0, 1.0))):
         bad = event_float[~np.isin(event_float, (0.0, 1.0))][0]
         where = (f"field or column {names[0]!r}" if names is not None else
-                 "the second column of a 2-column y, read by position as [time, event] "
-                 "because its column names are not recognised as event and time")
+                 "the second column of a 2-column y [time, event]")
+        if names is None and hasattr(y, "columns"):
+            where += (f", read by position because its column names "
+                      f"{', '.join(map(repr, y.columns))} are not recognised as event and time")
         raise ValueError(f"The event indicator ({where}) must be boolean or 0/1, "
                          f"got {float(bad)!r}.")
     if not np.all(np.isfinite(time)):

@@ -43,8 +43,8 @@ def check_no_factors(X):
     """Refuse factor columns in a plain ``fit``, pointing to the two ways to encode them."""
     factors = [c for c in factor_columns(X) if not _numeric(X[c])]
     if factors:
-        raise ValueError(f"X has factor (string or category) column(s): {', '.join(factors)}; "
-                         f"{FACTOR_RECIPE}.")
+        raise ValueError(f"X has non-numeric column(s): {', '.join(factors)} (factors: "
+                         f"strings or categories); {FACTOR_RECIPE}.")
 
 
 def _numeric(column):
