@@ -77,7 +77,8 @@ def C(**params):
 
 # missing values: counted and placed (CoxPHInfluence(missing='drop') drops them)
 COX_FIT_CASES = {
-    "X with NaN": (lambda: C().fit(NAN_X, Y), ValueError, "have missing values (NaN or None) in X ("),
+    "X with NaN": (lambda: C().fit(NAN_X, Y), ValueError,
+                   "have missing values (NaN or None) in X ("),
     "X with inf": (lambda: C().fit(INF_X, Y), ValueError, "Input X contains infinity"),
     "non-numeric DataFrame column": (
         lambda: C().fit(pd.DataFrame({"age": T, "sex": ["m", "f"] * 15}), Y),
