@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import issparse
 
 __all__ = ["coxph", "design_from_formula", "drop_incomplete_rows", "factor_columns"]
 
@@ -340,7 +341,11 @@ def _row_missing(values):
     if hasattr(values, "isna"):
         missing = values.isna()
         return missing.to_numpy().reshape(len(values), -1).any(axis=1)
+    if issparse(values):  # refused by the validation that follows
+        return None
     arr = np.asarray(values)
+    if arr.ndim == 0:
+        return None
     if arr.dtype.names:
         return np.column_stack([_row_missing(arr[f]) for f in arr.dtype.names]).any(axis=1)
     if arr.dtype.kind in "fc":
