@@ -1,24 +1,59 @@
-"""Benchmark: node-embedding influence against the estimator's exact refits.
+"""Benchmark: node-embedding influence against exact refits, and at scale.
 
-For Zachary's karate club and the Florentine families graph (networkx), at the
-documented defaults, 20 random node pairs: the time of all-nodes and all-edges
-influence by ``vif``, ``if`` and ``newton`` next to the time of all warm-started
-exact refits (``method="loo"``), and the Pearson correlation of each estimate
-with the refits (pairs that contain a removed node excluded).
+``accuracy`` (default): Zachary's karate club and the Florentine families
+graph (networkx), documented defaults, 20 random node pairs: the time of
+all-nodes and all-edges influence by ``vif``, ``if`` and ``newton`` next to the
+time of all warm-started exact refits (``method="loo"``), and the Pearson
+correlation, slope (estimate on refit, least squares) and largest error
+(relative to the largest refit change) of each estimate against the refits
+(pairs that contain a removed node excluded).
 
-Run: ``python benchmarks/bench_embedding.py [--pairs 20] [--seed 0]``.
+``scale``: Les Miserables (77 nodes) and stochastic block models of 200, 1,000
+and 5,000 nodes (blocks of about 200 nodes, expected 8 neighbours inside the
+block and 2 outside, fixed seed), each in its own subprocess: fit time,
+all-edges and all-nodes ``vif`` on 10 random pairs, peak memory (the
+subprocess' ``ru_maxrss``), and, up to ``--refit-max`` nodes, agreement of
+``vif`` and ``newton`` with exact warm-started refits on 20 sampled edges and
+20 sampled nodes.
+
+Run: ``python benchmarks/bench_embedding.py [accuracy|scale] [--pairs N] [--seed S]``;
+one BLAS thread is the fair setting (``OMP_NUM_THREADS=1``).
 """
 
 import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
 import networkx as nx
 import numpy as np
 
+import skvif
 from skvif.embedding import NodeEmbeddingInfluence
 
 GRAPHS = {"karate": nx.karate_club_graph, "florentine": nx.florentine_families_graph}
 METHODS = ("vif", "if", "newton")
+SCALE_GRAPHS = ("les_miserables", "sbm200", "sbm1000", "sbm5000")
+
+
+def sbm_graph(n_nodes, seed=0):
+    """Stochastic block model: blocks of about 200 nodes, 8 + 2 expected neighbours."""
+    k = max(4, n_nodes // 200)
+    sizes = [n_nodes // k] * k
+    sizes[-1] += n_nodes - sum(sizes)
+    size = n_nodes // k
+    P = np.full((k, k), 2.0 / (n_nodes - size))
+    np.fill_diagonal(P, 8.0 / size)
+    return nx.stochastic_block_model(sizes, P.tolist(), seed=seed, sparse=True)
+
+
+def scale_graph(name):
+    if name == "les_miserables":
+        return nx.les_miserables_graph()
+    return sbm_graph(int(name[3:]))
 
 
 def random_pairs(nodes, n_pairs, seed):
@@ -27,9 +62,12 @@ def random_pairs(nodes, n_pairs, seed):
             for _ in range(n_pairs)]
 
 
-def pearson(estimate, exact):
+def agreement(estimate, exact):
+    """Pearson r, slope of estimate on refit, max error / max refit change."""
     keep = np.isfinite(estimate) & np.isfinite(exact)
-    return np.corrcoef(estimate[keep], exact[keep])[0, 1]
+    e, x = estimate[keep], exact[keep]
+    return (np.corrcoef(e, x)[0, 1], np.polyfit(x, e, 1)[0],
+            np.max(np.abs(e - x)) / np.max(np.abs(x)))
 
 
 def timed(func):
@@ -38,14 +76,9 @@ def timed(func):
     return result, time.perf_counter() - start
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
+def accuracy(args):
     print(f"{'graph':<11}{'unit':<6}{'method':<8}{'seconds':>9}{'refits/this':>13}"
-          f"{'pearson':>9}")
+          f"{'pearson':>9}{'slope':>8}{'max err':>9}")
     for name, make_graph in GRAPHS.items():
         G = make_graph()
         model, fit_time = timed(lambda: NodeEmbeddingInfluence(random_state=0).fit(G))
@@ -54,12 +87,89 @@ def main():
         pairs = random_pairs(model.nodes_, args.pairs, args.seed)
         for unit in ("edge", "node"):
             exact, loo_time = timed(lambda: model.influence_(pairs, unit=unit, method="loo"))
-            print(f"{name:<11}{unit:<6}{'loo':<8}{loo_time:9.2f}{1:13.1f}{1:9.3f}")
+            print(f"{name:<11}{unit:<6}{'loo':<8}{loo_time:9.2f}{1:13.1f}")
             for method in METHODS:
                 estimate, seconds = timed(
                     lambda: model.influence_(pairs, unit=unit, method=method))
+                r, slope, err = agreement(estimate, exact)
                 print(f"{name:<11}{unit:<6}{method:<8}{seconds:9.2f}"
-                      f"{loo_time / seconds:13.1f}{pearson(estimate, exact):9.3f}")
+                      f"{loo_time / seconds:13.1f}{r:9.3f}{slope:8.3f}{err:9.3f}")
+
+
+def scale_one(name, args):
+    """One graph, in its own process: a JSON line of times, memory and agreement."""
+    G = scale_graph(name)
+    row = {"graph": name, "nodes": G.number_of_nodes(), "edges": G.number_of_edges()}
+    model, row["fit_s"] = timed(lambda: NodeEmbeddingInfluence(random_state=0).fit(G))
+    row["fit_iter"] = model.n_iter_
+    pairs = random_pairs(model.nodes_, args.pairs, args.seed)
+    for unit in ("edge", "node"):
+        _, row[f"vif_{unit}s_s"] = timed(lambda: model.influence_(pairs, unit=unit))
+    row["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if row["nodes"] <= args.refit_max:
+        rng = np.random.RandomState(args.seed)
+        for unit, labels in (("edge", model.edges_), ("node", model.nodes_)):
+            units = [labels[k] for k in rng.choice(len(labels), args.sample, replace=False)]
+            exact, row[f"loo_{unit}_s"] = timed(
+                lambda: model.influence_(pairs, unit=unit, method="loo", units=units))
+            for method in ("vif", "newton"):
+                estimate, seconds = timed(
+                    lambda: model.influence_(pairs, unit=unit, method=method, units=units))
+                row[f"{method}_{unit}_sample_s"] = seconds
+                row[f"{method}_{unit}"] = agreement(estimate, exact)
+        row["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(row), flush=True)
+
+
+def scale(args):
+    print(f"{'graph':<16}{'nodes':>6}{'edges':>7}{'fit s':>8}{'vif edges s':>12}"
+          f"{'vif nodes s':>12}{'total s':>9}{'peak MiB':>9}")
+    rows = []
+    for name in args.graphs:
+        command = [sys.executable, __file__, "scale-one", name, "--pairs", str(args.pairs),
+                   "--seed", str(args.seed), "--sample", str(args.sample),
+                   "--refit-max", str(args.refit_max)]
+        # the subprocess imports the same skvif as this one
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(os.path.dirname(skvif.__file__)), os.environ.get("PYTHONPATH", "")]))
+        out = subprocess.run(command, capture_output=True, text=True, check=True,
+                             env=env).stdout
+        row = json.loads(out.strip().splitlines()[-1])
+        rows.append(row)
+        total = row["fit_s"] + row["vif_edges_s"] + row["vif_nodes_s"]
+        print(f"{name:<16}{row['nodes']:>6}{row['edges']:>7}{row['fit_s']:8.1f}"
+              f"{row['vif_edges_s']:12.1f}{row['vif_nodes_s']:12.1f}{total:9.1f}"
+              f"{row['rss_mib']:9.0f}", flush=True)
+    print(f"\nagreement with exact refits ({args.sample} sampled units, {args.pairs} pairs): "
+          "pearson / slope (estimate on refit) / max err (relative to max refit change)")
+    for row in rows:
+        for unit in ("edge", "node"):
+            if f"vif_{unit}" not in row:
+                continue
+            cells = "  ".join(f"{m} {row[f'{m}_{unit}'][0]:.3f}/{row[f'{m}_{unit}'][1]:.3f}/"
+                              f"{row[f'{m}_{unit}'][2]:.3f} ({row[f'{m}_{unit}_sample_s']:.1f} s)"
+                              for m in ("vif", "newton"))
+            print(f"{row['graph']:<16}{unit:<6}loo {row[f'loo_{unit}_s']:.1f} s  {cells}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="accuracy",
+                        choices=["accuracy", "scale", "scale-one"])
+    parser.add_argument("graphs", nargs="*", default=list(SCALE_GRAPHS))
+    parser.add_argument("--pairs", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample", type=int, default=20)
+    parser.add_argument("--refit-max", type=int, default=1000)
+    args = parser.parse_args()
+    if args.pairs is None:
+        args.pairs = 20 if args.mode == "accuracy" else 10
+    if args.mode == "accuracy":
+        accuracy(args)
+    elif args.mode == "scale":
+        scale(args)
+    else:
+        scale_one(args.graphs[0], args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ ORDER = [
     "plot_cox_rossi_audit.py",
     "plot_cox_survival_curves.py",
     "plot_ranking.py",
+    "plot_label_ranking.py",
     "plot_karate_embedding.py",
     "plot_custom_loss.py",
     "plot_accuracy_speed.py",

@@ -3,8 +3,9 @@
 from ._engine import vif
 from ._robustness import Robustness, RobustnessReport, robustness
 from .embedding import NodeEmbeddingInfluence
-from .ranking import ListwiseRankerInfluence
+from .ranking import LabelRankerInfluence, ListwiseRankerInfluence
 from .survival import CoxPHInfluence
 
 __version__ = "0.1.0"
-__all__ = ["vif", "robustness", "Robustness", "RobustnessReport", "CoxPHInfluence", "ListwiseRankerInfluence", "NodeEmbeddingInfluence"]
+__all__ = ["vif", "robustness", "Robustness", "RobustnessReport", "CoxPHInfluence",
+           "ListwiseRankerInfluence", "LabelRankerInfluence", "NodeEmbeddingInfluence"]

@@ -10,7 +10,7 @@ from ._engine import METHODS, SOLVERS, check_choice, check_nonnegative
 def row_labels(X):
     """Index of a DataFrame, else ``0..n-1``."""
     if hasattr(X, "index") and hasattr(X, "columns"):
-        return X.index
+        return X.index.copy()  # results never share (or rename) the user's index
     return pd.RangeIndex(_num_samples(X))  # any array-like, also without __len__
 
 
@@ -23,6 +23,9 @@ def check_numeric_columns(X, name="X"):
     if not (hasattr(X, "columns") and hasattr(X, "dtypes")):
         if isinstance(X, (list, tuple, np.ndarray)):
             arr = np.asarray(X)
+            if arr.dtype.kind in "mM":
+                raise TypeError(f"{name} holds {arr.dtype} values (dates or durations); "
+                                "convert them to numbers first (e.g. days since a date).")
             if arr.dtype.kind in "USO":
                 try:
                     arr.astype(float)
@@ -30,14 +33,22 @@ def check_numeric_columns(X, name="X"):
                     raise type(exc)(f"{name} has non-numeric values ({exc}); encode them "
                                     "as numbers first.") from None
         return
-    bad = []
+    bad, dates = [], []
     for column, dtype in zip(X.columns, X.dtypes):
         if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+            continue
+        if (pd.api.types.is_datetime64_any_dtype(dtype)
+                or pd.api.types.is_timedelta64_dtype(dtype)):
+            dates.append(str(column))
             continue
         try:
             np.asarray(X[column], dtype=float)
         except (TypeError, ValueError):
             bad.append(str(column))
+    if dates:
+        raise ValueError(f"{name} has date or duration column(s): {', '.join(dates)}; "
+                         "convert them to numbers first (e.g. days since a reference date "
+                         "with (column - origin).dt.days, or .dt.total_seconds()).")
     if bad:
         raise ValueError(f"{name} has non-numeric column(s): {', '.join(bad)}; encode them "
                          "as numbers first (e.g. one-hot or ordinal codes).")
@@ -70,7 +81,9 @@ def collinear_columns(X, names, sample_weight=None, groups=None, rcond=1e-8):
     nothing) over the rows of positive weight and scaled to unit norm; a
     singular value below ``rcond`` times the largest is a dependence, and the
     columns with a visible share in its singular vector are named. A column
-    that is constant (within groups) is such a dependence on its own.
+    that is constant (within groups) is such a dependence on its own: one
+    whose centered norm is at most ``rcond`` times its own norm, so that the
+    units of a column (or of the others) never matter.
     """
     X = np.asarray(X, dtype=float)
     if sample_weight is not None:
@@ -86,8 +99,7 @@ def collinear_columns(X, names, sample_weight=None, groups=None, rcond=1e-8):
         np.add.at(sums, code, X)
         Z = X - (sums / np.bincount(code)[:, None])[code]
     norms = np.linalg.norm(Z, axis=0)
-    largest = np.max(norms) if norms.size else 0.0
-    constant = norms <= rcond * max(largest, 1e-300)
+    constant = norms <= rcond * np.linalg.norm(X, axis=0)
     Z = Z[:, ~constant] / np.where(constant, 1.0, norms)[~constant]
     involved = constant.copy()
     if Z.shape[1]:
@@ -154,3 +166,15 @@ def feature_names(estimator):
     if names is None:
         names = [f"x{j}" for j in range(estimator.n_features_in_)]
     return pd.Index(names)
+
+
+class FittedLinearMixin:
+    """Tags ``y`` as required, and fitted once ``coef_`` exists (left of ``BaseEstimator``)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "coef_")

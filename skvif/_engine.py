@@ -14,7 +14,6 @@ loop; every built-in objective of skvif is written this way.
 """
 
 import numbers
-import sys
 import warnings
 from functools import partial
 
@@ -26,6 +25,8 @@ from autograd.differential_operators import make_jvp_reversemode
 from joblib import Parallel, delayed
 from scipy.sparse.linalg import LinearOperator, cg
 from sklearn.exceptions import ConvergenceWarning
+
+from ._progress import progress_bar
 
 __all__ = ["vif", "ModelDerivatives", "METHODS", "SOLVERS"]
 
@@ -77,6 +78,9 @@ class ModelDerivatives:
         Newton and ``"loo"`` starts (otherwise ``p`` autograd passes).
     ``hessian_vector_product(v) -> (p,)``
         ``H v`` for the full-data Hessian: the conjugate-gradient solver.
+    ``preconditioner(damping) -> LinearOperator``
+        An approximation of ``(H + damping I)^-1`` (symmetric positive
+        definite) that the conjugate-gradient solver uses as its ``M``.
     ``gradient_and_hessian(P, W) -> ((k, p), (k, p, p))``
         Gradients and Hessians of ``k`` problems with params ``P (k, p)``
         and weights ``W (k, n)`` (any weights, zeros deleting rows exactly as
@@ -93,15 +97,13 @@ def _provided(derivatives, name):
 # --------------------------------------------------------------------------
 # batched evaluation
 # --------------------------------------------------------------------------
+def _looped(loss, P, W):
+    return anp.stack([loss(P[i], W[i]) for i in range(P.shape[0])])
+
+
 def _as_batched(loss, batched):
-    """Return ``f(P (k, p), W (k, n)) -> (k,)`` for any loss."""
-    if batched:
-        return loss
-
-    def looped(P, W):
-        return anp.stack([loss(P[i], W[i]) for i in range(P.shape[0])])
-
-    return looped
+    """Return ``f(P (k, p), W (k, n)) -> (k,)`` for any loss (picklable if ``loss`` is)."""
+    return loss if batched else partial(_looped, loss)
 
 
 def _batch_grad(lossb, P, W):
@@ -147,19 +149,21 @@ def _chunks(units, n_samples, batched, size=None):
 
 
 def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=None):
-    """Apply ``func(chunk_units)`` to chunks of units and stack the results."""
+    """Apply ``func(chunk_units)`` to chunks of units and stack the results.
+
+    ``verbose`` drives a progress bar over the units (see :mod:`skvif._progress`).
+    """
     chunks = _chunks(units, n_samples, batched, size)
     if n_jobs is not None and n_jobs != 1 and len(chunks) > 1:
-        results = Parallel(n_jobs=n_jobs, verbose=10 if verbose else 0)(
-            delayed(func)(chunk) for _, chunk in chunks
-        )
+        computed = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(func)(chunk) for _, chunk in chunks)
     else:
-        results = []
-        for start, chunk in chunks:
-            results.append(func(chunk))
-            if verbose:
-                done = start + len(chunk)
-                print(f"[skvif] {label}: {done}/{len(units)} units", file=sys.stderr)
+        computed = (func(chunk) for _, chunk in chunks)
+    results = []
+    with progress_bar(len(units), label, verbose) as bar:
+        for (_, chunk), result in zip(chunks, computed):
+            results.append(result)
+            bar.update(len(chunk))
     return np.concatenate(results, axis=0)
 
 
@@ -179,8 +183,11 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     W : ndarray of shape (k, n)
         Sample weights of each problem.
     tol : float
-        A problem has converged once a full Newton step moves no parameter by
-        more than ``tol * (1 + max |params|)``.
+        A problem has converged once a full Newton step, measured in the
+        Hessian's own units (``|step_j| sqrt(H_jj)``), is at most
+        ``tol * (1 + max_j |params_j| sqrt(H_jj))``: a criterion that does not
+        depend on the units of the parameters (a covariate in cents or in
+        dollars converges alike).
     max_iter : int
         Maximum number of Newton iterations. A problem whose objective has not
         decreased measurably (by more than ``1e-13 (1 + |objective|)``) for
@@ -201,6 +208,8 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     P : ndarray of shape (k, p)
     n_iter : ndarray of shape (k,)
     converged : ndarray of shape (k,) of bool
+        A problem whose gradient or Hessian stops being finite is left at its
+        last finite point and reported not converged (never moved to NaN).
     hessians : ndarray of shape (k, p, p)
         Only with ``return_hessians``.
 
@@ -221,6 +230,7 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     converged = np.zeros(k, dtype=bool)
     stopped = np.zeros(k, dtype=bool)
     flat = np.zeros(k, dtype=int)  # consecutive iterations without a measurable decrease
+    last_P, last_f = P.copy(), f.copy()  # the last iterates with finite derivatives
     hessians = np.full((k, p, p), np.nan) if return_hessians else None
     for _ in range(max_iter):
         act = np.flatnonzero(~(converged | stopped))
@@ -230,13 +240,26 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
         g, H = gradient_and_hessian(Pa, Wa)
         if return_hessians:
             hessians[act] = H
+        finite = (np.all(np.isfinite(g), axis=1) & np.all(np.isfinite(H), axis=(1, 2))
+                  & np.isfinite(fa))
+        if not finite.all():  # overflow: back to the last point with finite derivatives
+            bad = act[~finite]
+            P[bad], f[bad], stopped[bad] = last_P[bad], last_f[bad], True
+            act, Pa, Wa, fa, g, H = (a[finite] for a in (act, Pa, Wa, fa, g, H))
+            if act.size == 0:
+                break
+        last_P[act], last_f[act] = Pa, fa
         H = H + damping * np.eye(p)
         # eigendecomposition of the Jacobi-scaled Hessian D^-1/2 H D^-1/2, so that the
         # eigenvalue floor does not depend on the units of the parameters (features
         # in very different units would otherwise slow Newton to a crawl)
         d = np.sqrt(np.abs(np.diagonal(H, axis1=1, axis2=2)))
         d = np.where(d > 0, d, 1.0)
-        lam, V = np.linalg.eigh(H / (d[:, :, None] * d[:, None, :]))
+        try:
+            lam, V = np.linalg.eigh(H / (d[:, :, None] * d[:, None, :]))
+        except np.linalg.LinAlgError:  # LAPACK gave up: stop there, not converged
+            stopped[act] = True
+            break
         floor = 1e-10 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
         coords = np.einsum("kij,ki->kj", V, g / d) / np.maximum(np.abs(lam), floor)
         step = -np.einsum("kij,kj->ki", V, coords) / d
@@ -255,12 +278,12 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
             t[idx[~ok]] *= 0.5
             if accepted.all():
                 break
-        move = t[:, None] * step * accepted[:, None]
-        P[act] = Pa + move
+        P[act] = np.where(accepted[:, None], Pa + t[:, None] * step, Pa)
         f[act] = f_new
         n_iter[act] += 1
-        scale = 1.0 + np.max(np.abs(P[act]), axis=1)
-        small = np.max(np.abs(step), axis=1) <= tol * scale
+        # the step in the Hessian's units: invariant to rescaling a parameter
+        scale = 1.0 + np.max(np.abs(P[act] * d), axis=1)
+        small = np.max(np.abs(step * d), axis=1) <= tol * scale
         stuck = ~accepted  # no decrease possible in floating point: at the optimum
         converged[act[small | stuck]] = True
         flat[act] = np.where(fa - f_new <= slack, flat[act] + 1, 0)
@@ -270,7 +293,7 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     return P, n_iter, converged
 
 
-def _chord_iterations(lossb, P, W, solve, *, tol, max_iter=_CHORD_MAX_ITER):
+def _chord_iterations(lossb, P, W, solve, *, tol, scale, max_iter=_CHORD_MAX_ITER):
     """Approach the minima of ``k`` leave-out problems with a fixed Hessian.
 
     Iterates ``P <- P - H^-1 grad L(P; W)`` with ``solve`` applying the
@@ -284,7 +307,9 @@ def _chord_iterations(lossb, P, W, solve, *, tol, max_iter=_CHORD_MAX_ITER):
     -------
     P : ndarray of shape (k, p)
     converged : ndarray of shape (k,) of bool
-        The last step was at most ``tol * (1 + max |P|)`` and at most half the
+        The last step, in the Hessian's units (times ``scale``, the square
+        root of the Hessian's diagonal, as in :func:`minimize`), was at most
+        ``tol * (1 + max |P * scale|)`` and at most half the
         one before (an observed rate ``rho <= 1/2``), so the distance left to
         the minimum, about ``rho / (1 - rho)`` times that step, is within the
         tolerance :func:`minimize` uses. Judged valid only for strongly convex
@@ -303,8 +328,8 @@ def _chord_iterations(lossb, P, W, solve, *, tol, max_iter=_CHORD_MAX_ITER):
         ft = np.asarray(lossb(trial, W[act]), dtype=float)
         ok = np.isfinite(ft) & (ft <= f[act] + 1e-13 * (1.0 + np.abs(f[act])))
         P[act[ok]], f[act[ok]] = trial[ok], ft[ok]
-        size = np.max(np.abs(step), axis=1)
-        small = size <= tol * (1.0 + np.max(np.abs(trial), axis=1))
+        size = np.max(np.abs(step * scale), axis=1)
+        small = size <= tol * (1.0 + np.max(np.abs(trial * scale), axis=1))
         converged[act] = ok & small & (size <= 0.5 * last[act])
         last[act] = size
         act = act[ok & ~small]
@@ -324,14 +349,17 @@ class HessianSolver:
     """
 
     def __init__(self, loss, params, weights, *, solver, damping=0.0,
-                 cg_rtol=1e-10, cg_maxiter=None, derivatives=None):
+                 cg_rtol=1e-10, cg_maxiter=None, derivatives=None, check_indefinite=True):
         self.params = params
+        self.check_indefinite = check_indefinite
         self.damping = float(damping)
         p = params.size
         self.solver = solver
         # the model's closed forms (ModelDerivatives) hold at unit weights only
         unit_weights = np.all(np.asarray(weights) == 1.0)
         closed_form = _provided(derivatives, "hessian_vector_product") if unit_weights else None
+        preconditioner = _provided(derivatives, "preconditioner") if unit_weights else None
+        self._preconditioner = preconditioner(self.damping) if preconditioner else None
         if closed_form is not None:
             self._hvp = lambda th, v: closed_form(v)
         else:
@@ -385,16 +413,8 @@ class HessianSolver:
                 "Set a ridge penalty (alpha) on the estimator or damping > 0."
             )
         self._eig = (lam, V)
-        if lam.min() > 0:  # positive definite, merely ill-conditioned
-            return
-        warnings.warn(
-            f"The Hessian is not positive definite (smallest eigenvalue {lam.min():.3g}): "
-            "the parameters are not at a minimum of the objective; influence "
-            "estimates may be unreliable. Consider damping > 0.",
-            UserWarning,
-            stacklevel=4,
-        )
-        self._eig = (lam, V)
+        if self.check_indefinite:
+            _warn_indefinite(lam_scaled, stacklevel=3)
 
     def solve(self, B):
         """Return ``(H + damping I)^{-1} B`` for ``B`` of shape (p,) or (p, r)."""
@@ -408,7 +428,7 @@ class HessianSolver:
         out = np.empty_like(cols)
         for j in range(cols.shape[1]):
             x, info = cg(self.operator, cols[:, j], rtol=self.cg_rtol, atol=0.0,
-                         maxiter=self.cg_maxiter)
+                         maxiter=self.cg_maxiter, M=self._preconditioner)
             if info != 0:
                 residual = np.linalg.norm(self.matvec(x) - cols[:, j])
                 warnings.warn(
@@ -457,6 +477,23 @@ def _singular_each(H, scale):
     return _solve_each(H, np.zeros(H.shape[:2]), scale)[1]
 
 
+def _jacobi_scaled(H):
+    """``D^-1/2 H D^-1/2`` with ``D = |diag H|`` (1 where zero): unit-free curvature."""
+    d = _hessian_scale(H)
+    return H / np.outer(d, d)
+
+
+def _warn_indefinite(eigenvalues, stacklevel):
+    """Warn when a (Jacobi-scaled) Hessian has a negative eigenvalue beyond rounding."""
+    smallest, largest = np.min(eigenvalues), np.max(np.abs(eigenvalues))
+    if smallest < -_SINGULAR_RCOND * max(largest, 1e-300):
+        warnings.warn(
+            f"The Hessian is not positive definite (smallest eigenvalue of the scaled "
+            f"Hessian {smallest:.3g}, largest magnitude {largest:.3g}): the parameters are "
+            "not at a minimum of the objective; influence estimates may be unreliable. "
+            "Consider damping > 0.", UserWarning, stacklevel=stacklevel + 1)
+
+
 def _hessian_scale(H):
     """``sqrt(|diag H|)`` of the full-data Hessian, 1 where it is zero."""
     d = np.sqrt(np.abs(np.diag(H)))
@@ -497,7 +534,7 @@ def _jacobian(fun, x):
 def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
               method="vif", solver="auto", damping=0.0, n_jobs=None, batched=False,
               loss_if=None, tol=1e-10, max_iter=100, verbose=0, derivatives=None,
-              saddle_free=False, strongly_convex=False):
+              saddle_free=False, strongly_convex=False, check_indefinite=True):
     """Influence of removing each unit; the engine behind every ``influence_``.
 
     Inputs are assumed valid (see :func:`vif` for the checked public entry).
@@ -525,6 +562,9 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         refits converged by fixed-Hessian iterations (see
         ``_chord_iterations``) without a Newton step, and skips the check for
         a non-unique minimum.
+    check_indefinite : bool
+        Warn when the full-data Hessian is not positive definite (dense
+        paths); :func:`vif` checks this itself, on every path.
     """
     theta = params
     n = n_samples
@@ -536,13 +576,14 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     lossb = _as_batched(loss, batched)
 
     if target is None:
-        def quantity(th, w):
-            return th
+        quantity = _parameters
     elif target_uses_weights:
         quantity = target
     else:
-        def quantity(th, w):
-            return target(th)
+        quantity = partial(_unweighted, target)
+    # the chunk functions are module-level functions and partials, so that any joblib
+    # backend (also "multiprocessing", which pickles them) can run them
+    common = dict(lossb=lossb, theta=theta, n=n)
 
     if method == "loo":
         chord = scale = None
@@ -552,35 +593,16 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
             if theta.size < AUTO_CG_MIN_PARAMS:  # warm starts by fixed-Hessian steps
                 try:
                     chord = partial(scipy.linalg.cho_solve, scipy.linalg.cho_factor(H))
-                except np.linalg.LinAlgError:  # not positive definite: plain Newton
+                except (np.linalg.LinAlgError, ValueError):  # not PD (or not finite)
                     pass
-
-        def refit(chunk):
-            W = _leave_out_weights(chunk, n)
-            P = np.tile(theta, (len(chunk), 1))
-            conv = np.zeros(len(chunk), dtype=bool)
-            singular = np.zeros(len(chunk), dtype=bool)
-            if chord is not None:
-                P, done = _chord_iterations(lossb, P, W, chord, tol=tol)
-                if strongly_convex:  # otherwise judged by Newton's method, below
-                    conv = done
-            todo = np.flatnonzero(~conv)
-            if todo.size:
-                P[todo], _, conv[todo], H = minimize(
-                    lossb, P[todo], W[todo], tol=tol, max_iter=max_iter, damping=0.0,
-                    return_hessians=True, derivatives=derivatives)
-                # a flat direction of the objective without the unit: the refit is not
-                # unique (not checked for strongly convex objectives, whose minimum is
-                # unique, nor for non-convex ones, whose removed parts may be flat by
-                # design)
-                if not (saddle_free or strongly_convex):
-                    singular[todo] = _singular_each(H, scale)
-            values = np.stack([np.ravel(quantity(P[i], W[i])) for i in range(len(chunk))])
-            return np.column_stack([values, ~conv, singular])
-
+        refit = partial(_refit_chunk, **common, quantity=quantity, chord=chord, scale=scale,
+                        tol=tol, max_iter=max_iter, derivatives=derivatives,
+                        check_unique=not (saddle_free or strongly_convex),
+                        strongly_convex=strongly_convex)
         base = np.ravel(quantity(theta, ones))
         out = _map_chunks(refit, units, n, batched, n_jobs, verbose, "refits")
         not_converged, singular = out[:, -2] > 0, out[:, -1] > 0
+        not_converged &= np.all(np.isfinite(out[:, :-2]), axis=1)  # NaN: named below
         if not_converged.any():
             warnings.warn(f"{not_converged.sum()} leave-one-out refits did not converge "
                           f"within {max_iter} Newton iterations, or stopped where their "
@@ -605,61 +627,37 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     # "newton" needs a Hessian per unit: dense below AUTO_CG_MIN_PARAMS
     newton_cg = solver == "cg" or (solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS)
 
-    if (method == "newton" and grad_change is not None and hess_change is not None
-            and not newton_cg):
-        g_full = grad(loss)(theta, ones)
-        H_full = _full_hessian(lossb, theta, n, derivatives) + damping * np.eye(theta.size)
-        scale = _hessian_scale(H_full)
-
-        def local_newton(chunk):
-            g = g_full - grad_change(chunk)
-            step, singular = _solve_each(H_full - hess_change(chunk), g, scale)
-            return np.column_stack([-step, singular])
-
-        delta = _map_chunks(local_newton, units, n, batched, n_jobs, verbose, "newton steps",
-                            size=local_size)
-        delta = _warn_singular_newton(delta)
-        out = delta if J is None else delta @ J.T
-    elif method == "newton":
-        scale = None if newton_cg or saddle_free else _hessian_scale(
-            _full_hessian(lossb, theta, n, derivatives) + damping * np.eye(theta.size))
-
-        def newton(chunk):
-            W = _leave_out_weights(chunk, n)
-            P = np.tile(theta, (len(chunk), 1))
-            g = _batch_grad(lossb, P, W)
-            if newton_cg:
-                return np.column_stack([-np.stack([
-                    HessianSolver(loss, theta, W[i], solver="cg", damping=damping).solve(g[i])
-                    for i in range(len(chunk))]), np.zeros(len(chunk))])
-            if saddle_free:
-                lam, V = np.linalg.eigh(_batch_hessians(lossb, P, W))
-                floor = 1e-10 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
-                coords = np.einsum("kij,ki->kj", V, g) / np.maximum(np.abs(lam) + damping, floor)
-                return np.column_stack([-np.einsum("kij,kj->ki", V, coords),
-                                        np.zeros(len(chunk))])
-            H = _batch_hessians(lossb, P, W) + damping * np.eye(theta.size)
-            step, singular = _solve_each(H, g, scale)
-            return np.column_stack([-step, singular])
-
-        delta = _map_chunks(newton, units, n, batched, n_jobs, verbose, "newton steps")
+    if method == "newton":
+        local = grad_change is not None and hess_change is not None and not newton_cg
+        H_full = None
+        if local or not (newton_cg or saddle_free):
+            H_full = _full_hessian(lossb, theta, n, derivatives) + damping * np.eye(theta.size)
+            if check_indefinite:
+                _warn_indefinite(np.linalg.eigvalsh(_jacobi_scaled(H_full)), stacklevel=2)
+        if local:
+            step = partial(_local_newton_chunk, g_full=grad(loss)(theta, ones), H_full=H_full,
+                           grad_change=grad_change, hess_change=hess_change,
+                           scale=_hessian_scale(H_full))
+        else:
+            step = partial(_newton_chunk, **common, loss=loss, damping=damping,
+                           newton_cg=newton_cg, saddle_free=saddle_free,
+                           scale=None if H_full is None else _hessian_scale(H_full))
+        delta = _map_chunks(step, units, n, batched, n_jobs, verbose, "newton steps",
+                            size=local_size if local else None)
         delta = _warn_singular_newton(delta)
         out = delta if J is None else delta @ J.T
     else:
         n_rhs = len(units) if J is None else min(len(units), J.shape[0])
         hess = HessianSolver(loss, theta, ones, damping=damping, derivatives=derivatives,
-                             solver=auto_solver(theta.size, n_rhs) if solver == "auto" else solver)
+                             solver=auto_solver(theta.size, n_rhs) if solver == "auto" else solver,
+                             check_indefinite=check_indefinite)
         if method == "vif" and grad_change is not None:
             R = _map_chunks(grad_change, units, n, batched, n_jobs, verbose, "gradients",
                             size=local_size)
         elif method == "vif":
-            g_full = grad(loss)(theta, ones)
-
-            def gradient_change(chunk):
-                W = _leave_out_weights(chunk, n)
-                return g_full - _batch_grad(lossb, np.tile(theta, (len(chunk), 1)), W)
-
-            R = _map_chunks(gradient_change, units, n, batched, n_jobs, verbose, "gradients")
+            R = _map_chunks(partial(_gradient_change_chunk, **common,
+                                    g_full=grad(loss)(theta, ones)),
+                            units, n, batched, n_jobs, verbose, "gradients")
         else:  # "if": derivative of the gradient in each weight (weight change -1)
             D = dgrad_dw() if dgrad_dw is not None else jacobian(
                 lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
@@ -679,6 +677,80 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
     if target is not None and target_uses_weights:
         out = out + _direct_part(quantity, theta, n, units, method)
     return _finite_or_warn(out, method)
+
+
+def _parameters(th, w):
+    return th
+
+
+def _unweighted(target, th, w):
+    return target(th)
+
+
+def _gradient_change_chunk(chunk, *, lossb, theta, n, g_full):
+    """``grad L(theta; 1) - grad L(theta; w^(-u))`` for the units of a chunk."""
+    W = _leave_out_weights(chunk, n)
+    return g_full - _batch_grad(lossb, np.tile(theta, (len(chunk), 1)), W)
+
+
+def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scale):
+    """Newton steps from the model's closed-form gradient and Hessian changes."""
+    step, singular = _solve_each(H_full - hess_change(chunk), g_full - grad_change(chunk),
+                                 scale)
+    return np.column_stack([-step, singular])
+
+
+def _newton_chunk(chunk, *, loss, lossb, theta, n, damping, newton_cg, saddle_free, scale):
+    """Newton steps on the leave-out objectives, generic autograd path."""
+    W = _leave_out_weights(chunk, n)
+    P = np.tile(theta, (len(chunk), 1))
+    g = _batch_grad(lossb, P, W)
+    if newton_cg:
+        return np.column_stack([-np.stack([
+            HessianSolver(loss, theta, W[i], solver="cg", damping=damping).solve(g[i])
+            for i in range(len(chunk))]), np.zeros(len(chunk))])
+    if saddle_free:
+        lam, V = np.linalg.eigh(_batch_hessians(lossb, P, W))
+        floor = 1e-10 * np.maximum(np.max(np.abs(lam), axis=1, keepdims=True), 1e-300)
+        coords = np.einsum("kij,ki->kj", V, g) / np.maximum(np.abs(lam) + damping, floor)
+        return np.column_stack([-np.einsum("kij,kj->ki", V, coords), np.zeros(len(chunk))])
+    H = _batch_hessians(lossb, P, W) + damping * np.eye(theta.size)
+    step, singular = _solve_each(H, g, scale)
+    return np.column_stack([-step, singular])
+
+
+def _refit_chunk(chunk, *, lossb, theta, n, quantity, chord, scale, tol, max_iter,
+                 derivatives, check_unique, strongly_convex):
+    """Exact refits of the units of a chunk: quantity values, not-converged, singular.
+
+    A unit whose leave-out loss or gradient is not finite at ``theta`` is not
+    refit: its values are NaN (named by ``_finite_or_warn``).
+    """
+    W = _leave_out_weights(chunk, n)
+    P = np.tile(theta, (len(chunk), 1))
+    with np.errstate(all="ignore"):
+        finite = (np.isfinite(np.asarray(lossb(P, W), dtype=float))
+                  & np.all(np.isfinite(_batch_grad(lossb, P, W)), axis=1))
+    conv = ~finite
+    singular = np.zeros(len(chunk), dtype=bool)
+    if chord is not None and finite.any():
+        ok = np.flatnonzero(finite)
+        P[ok], done = _chord_iterations(lossb, P[ok], W[ok], chord, tol=tol, scale=scale)
+        if strongly_convex:  # otherwise judged by Newton's method, below
+            conv[ok] = done
+    todo = np.flatnonzero(~conv)
+    if todo.size:
+        P[todo], _, conv[todo], H = minimize(
+            lossb, P[todo], W[todo], tol=tol, max_iter=max_iter, damping=0.0,
+            return_hessians=True, derivatives=derivatives)
+        # a flat direction of the objective without the unit: the refit is not unique
+        # (not checked for strongly convex objectives, whose minimum is unique, nor for
+        # non-convex ones, whose removed parts may be flat by design)
+        if check_unique:
+            singular[todo] = _singular_each(H, scale)
+    values = np.stack([np.ravel(quantity(P[i], W[i])) for i in range(len(chunk))])
+    values[~finite] = np.nan
+    return np.column_stack([values, ~conv, singular])
 
 
 def _warn_singular_newton(delta):
@@ -834,6 +906,22 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         Only with ``return_exact``: ``True`` for the units refined by exact
         refit (all of them with ``method="loo"``).
 
+    Warns
+    -----
+    UserWarning
+        On every method and solver, when ``params`` is not at a minimum of
+        ``loss(., ones)``: the Hessian is not positive definite, or one Newton
+        step would lower the loss by more than ``1e-8 (1 + |loss|)`` (the
+        influence formulas, and ``"loo"``'s differences, assume fitted
+        params). From 2000 parameters on only the second check is made (by
+        conjugate gradients).
+
+    Raises
+    ------
+    TypeError
+        When autograd cannot differentiate the loss or the target (written
+        with ``math``, ``float()``, plain ``numpy`` on boxed values...).
+
     Notes
     -----
     With :math:`H` the Hessian of :math:`L(\cdot, \mathbf 1)` at
@@ -889,13 +977,16 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         raise TypeError(f"target must be None or callable, got {type(target).__name__}.")
     ones = np.ones(n_samples)
     try:
-        value = loss(theta, ones)
+        value = value_at_params = loss(theta, ones)
     except Exception as exc:  # the user's code: say where it failed
         raise ValueError(f"loss(params, ones(n_samples)) raised {exc!r}; check that loss "
                          "takes params of shape (n_params,) and weights of shape "
                          "(n_samples,)") from exc
     if np.ndim(value) != 0 or not np.isfinite(value):
         raise ValueError(f"loss(params, weights) must return a finite scalar, got {value!r}.")
+    if not isinstance(value, (float, np.floating, np.ndarray)):
+        raise TypeError(f"loss returned {type(value).__name__} {value!r}, which autograd "
+                        f"cannot differentiate: {_AUTOGRAD_HINT}")
     if batched:
         try:
             value = np.asarray(loss(theta[None], ones[None]))
@@ -905,19 +996,25 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         if value.shape != (1,):
             raise ValueError("batched=True needs loss(params (k, p), weights (k, n)) to "
                              f"return shape (k,); got shape {value.shape} for k = 1.")
-    gradient = grad(loss)(theta, ones)
+    gradient = _traced(grad(loss), "loss", theta, ones)
     if not np.all(np.isfinite(gradient)):
         raise ValueError("The gradient of loss at params contains NaN or infinite values: "
                          "the loss is not differentiable there.")
     if target is not None:
-        value = np.asarray(target(theta))
+        value = target(theta)
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"target(params) returned {type(value).__name__}, not an array: "
+                            "build it with autograd.numpy (e.g. anp.stack([...])).")
         if value.ndim != 1 or not np.all(np.isfinite(value)):
             raise ValueError("target(params) must return a finite 1-D array.")
+        _traced(grad(lambda th: anp.sum(target(th))), "target", theta)
+    _check_minimum(_as_batched(loss, batched), theta, int(n_samples), gradient,
+                   float(value_at_params), damping)
     from ._robustness import check_refine, parameter_scale, refine_rows
 
     refine = check_refine(refine, len(units))
     options = dict(target=target, solver=solver, damping=damping, n_jobs=n_jobs,
-                   batched=bool(batched), verbose=verbose)
+                   batched=bool(batched), verbose=verbose, check_indefinite=False)
     result = influence(loss, theta, int(n_samples), units, method=method, **options)
     is_exact = np.full(len(units), method == "loo")
     if refine and method != "loo":
@@ -927,3 +1024,56 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
             loss, theta, int(n_samples), [units[i] for i in top], method="loo", **options),
             scale)
     return (result, is_exact) if return_exact else result
+
+
+_AUTOGRAD_HINT = ("write it with autograd.numpy (import autograd.numpy as anp; anp.exp, "
+                  "anp.log, ...) instead of numpy, math or scipy functions, float() or "
+                  "int(), and return the value autograd computes.")
+
+
+def _traced(function, where, *args):
+    """Call an autograd derivative of the user's ``where`` ("loss" or "target")."""
+    try:
+        return function(*args)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TypeError(f"autograd cannot differentiate the {where} ({type(exc).__name__}: "
+                        f"{exc}); {_AUTOGRAD_HINT}") from exc
+
+
+# vif() warns when a Newton step from params would lower the loss by more than this
+# times (1 + |loss|): params are then not at a minimum
+_DECREMENT_RTOL = 1e-8
+
+
+def _check_minimum(lossb, theta, n_samples, gradient, value, damping):
+    """Warn when ``theta`` is not at a minimum of the full-data loss.
+
+    The influence formulas hold at a minimum. Below ``AUTO_CG_MIN_PARAMS``
+    parameters the dense Hessian is checked for positive definiteness (on
+    every path, whatever the solver or method) and the Newton decrement
+    ``g^T |H|^-1 g / 2`` (``|H|`` with absolute eigenvalues, Jacobi-scaled) is
+    compared with ``_DECREMENT_RTOL * (1 + |loss|)``; above, the decrement
+    comes from a conjugate-gradient solve.
+    """
+    p = theta.size
+    if p < AUTO_CG_MIN_PARAMS:
+        H = _batch_hessians(lossb, theta[None], np.ones((1, n_samples)))[0]
+        H = H + damping * np.eye(p)
+        if not np.all(np.isfinite(H)):
+            return  # the solvers name this
+        d = _hessian_scale(H)
+        lam, V = np.linalg.eigh(_jacobi_scaled(H))
+        _warn_indefinite(lam, stacklevel=3)
+        floor = _SINGULAR_RCOND * max(np.max(np.abs(lam)), 1e-300)
+        step = V @ ((V.T @ (gradient / d)) / np.maximum(np.abs(lam), floor)) / d
+    else:
+        step = HessianSolver(lambda th, w: lossb(th[None], w[None])[0], theta,
+                             np.ones(n_samples), solver="cg", damping=damping).solve(gradient)
+    decrement = 0.5 * float(gradient @ step)
+    if abs(decrement) > _DECREMENT_RTOL * (1.0 + abs(value)):
+        warnings.warn(
+            f"params are not at a minimum of loss(., ones): a Newton step of size "
+            f"{np.max(np.abs(step)):.3g} would lower the loss by about {abs(decrement):.3g} "
+            f"(loss {value:.6g}). The influence formulas assume fitted params (and "
+            "method='loo' then reports the distance to the minimum as influence): refit "
+            "to a tighter tolerance first.", UserWarning, stacklevel=3)

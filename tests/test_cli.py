@@ -143,13 +143,18 @@ BAD_INPUT = {
     "unknown option": (OK, DATA + " --lambda 1", "unrecognized arguments: --lambda 1"),
     "negative --alpha": (OK, DATA + " --alpha -1", "--alpha must be a finite number >= 0"),
     "unknown --ties": (OK, DATA + " --ties exact", "argument --ties: invalid choice: 'exact'"),
-    "non-numeric covariate": (OK.assign(sex=["m", "f"] * 15), DATA,
-                              "non-numeric covariate column(s): sex"),
+    "unknown --covariates": (OK, DATA + " --covariates x,age", "column(s) age not in the data"),
+    "--formula with --drop": (OK, DATA + " --formula x --drop z", "do not combine it"),
+    "bad --formula": (OK, DATA + " --formula x+*", "cannot parse the formula"),
+    "unknown --method": (OK, DATA + " --method exact", "argument --method: invalid choice"),
+    "repeated --label": (OK.assign(name=["a", "b"] * 15), DATA + " --label name",
+                         "has repeated values"),
     "non-numeric duration": (OK.assign(t="soon"), DATA, "the duration column 't' must be numeric"),
     "event not 0/1": (OK.assign(e=2 * OK.e), DATA, "the event column 'e' must be 0/1"),
     "no events": (OK.assign(e=0), DATA, "All observations are censored"),
     "negative durations": (OK.assign(t=-OK.t), DATA, "Survival times must be non-negative"),
-    "missing values": (OK.assign(x=np.where(ROW2, np.nan, OK.x)), DATA, "missing values"),
+    "missing values": (OK.assign(x=np.where(ROW2, np.nan, OK.x)), DATA + " --missing raise",
+                       "1 of 30 row(s) have missing values (NaN or None) in the column(s) x (1)"),
     "infinite covariate": (OK.assign(x=np.where(ROW2, np.inf, OK.x)), DATA,
                            "the covariates contain infinite values"),
     "collinear covariates": (OK.assign(x_mg=1000 * OK.x), DATA,
@@ -161,6 +166,8 @@ BAD_INPUT = {
     "negative weights": (OK.assign(w=-1.0), DATA + " --weights w", "Negative values"),
     "unwritable --out": (OK, DATA + " --top 0 --out {tmp}/no/such/dir/out.csv",
                          "non-existent directory"),
+    "unwritable --plot": (OK, DATA + " --top 0 --plot {tmp}/no/such/dir/out.png",
+                          "non-existent directory"),
 }
 
 
@@ -220,3 +227,184 @@ def test_alpha_and_ties_reach_the_fit(tmp_path, capsys):
     efron = CoxPHInfluence(alpha=alpha).fit(frame.drop(columns=["t", "e"]), frame[["t", "e"]])
     np.testing.assert_allclose(efron.coef_, reference.params_[["x", "z", "x2"]], rtol=1e-5)
     assert not np.allclose(model.coef_, efron.coef_)
+
+
+# ------------------------------------------------------------ one test per option
+@pytest.fixture
+def gbsg2_path(tmp_path):
+    from sksurv.datasets import load_gbsg2
+
+    X, y = load_gbsg2()
+    path = tmp_path / "gbsg2.csv"
+    X.assign(time=y["time"], cens=y["cens"].astype(int)).to_csv(path, index=False)
+    return path
+
+
+def coefficient_rows(out):
+    lines = out.splitlines()
+    start = lines.index("Coefficients:") + 3
+    rows = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows[line.split()[0]] = [float(v) for v in line.split()[1:]]
+    return rows
+
+
+def test_formula_on_a_csv_with_string_factors(gbsg2_path, capsys):
+    # R 3.5: coxph(Surv(time, cens) ~ ., gbsg2) on this CSV
+    code, out, err = run_in_process(["cox", "--data", str(gbsg2_path), "--formula",
+                                     "Surv(time, cens) ~ .", "--top", "2"], capsys)
+    assert code == 0, err
+    coef = {name: values[0] for name, values in coefficient_rows(out).items()}
+    for name, value in {"horThyes": -0.3463, "menostatPre": -0.2584, "tgradeII": 0.6361,
+                        "tgradeIII": 0.7797}.items():
+        assert coef[name] == value
+    assert "reference levels: horTh = no, menostat = Post, tgrade = I" in out
+    # string factors are encoded without --formula too, and give the same fit
+    code, out2, err = run_in_process(["cox", "--data", str(gbsg2_path), "--duration", "time",
+                                      "--event", "cens", "--top", "2"], capsys)
+    assert code == 0, err
+    assert coefficient_rows(out2) == coefficient_rows(out)
+
+
+def test_header_prints_n_events_concordance_and_lr_test(capsys):
+    from lifelines import CoxPHFitter
+
+    code, out, _ = run_in_process(["cox", "--top", "0"], capsys)
+    cph = CoxPHFitter().fit(load_rossi(), "week", "arrest",
+                            fit_options={"precision": 1e-16, "r_precision": 1e-18})
+    lr = cph.log_likelihood_ratio_test()
+    assert code == 0
+    assert "n = 432, events = 114, censored = 318" in out
+    assert f"concordance = {cph.concordance_index_:.3f}" in out
+    assert f"log-likelihood = {cph.log_likelihood_:.3f}" in out
+    assert f"likelihood ratio test = {lr.test_statistic:.2f} on 7 df" in out
+
+
+def test_covariates_and_drop_choose_the_columns(tmp_path, capsys):
+    path, out_csv = tmp_path / "data.csv", tmp_path / "out.csv"
+    OK.assign(patient_id=np.arange(30)).to_csv(path, index=False)
+    model = CoxPHInfluence().fit(OK[["x"]], OK[["t", "e"]])
+    estimated, refitted = model.influence_(), model.influence_(method="loo")
+    for option in (["--covariates", "x"], ["--drop", "z,patient_id"]):
+        code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), *option,
+                                         "--out", str(out_csv)], capsys)
+        assert code == 0, err
+        written = pd.read_csv(out_csv, index_col="row").sort_index()
+        assert list(written.columns) == ["x", "size", "method"]
+        refit = (written["method"] == "refit").to_numpy()
+        assert refit.sum() == 10  # --refine defaults to --top
+        expected = np.where(refit[:, None], refitted, estimated)
+        np.testing.assert_allclose(written[["x"]].to_numpy(), expected, rtol=1e-8)
+
+
+def test_label_names_rows_without_clustering(tmp_path, capsys):
+    path, out_csv = tmp_path / "data.csv", tmp_path / "out.csv"
+    OK.assign(name=[f"p{i}" for i in range(30)]).to_csv(path, index=False)
+    code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), "--label", "name",
+                                     "--top", "3", "--refine", "0", "--out", str(out_csv)],
+                                    capsys)
+    assert code == 0, err
+    written = pd.read_csv(out_csv, index_col="name")
+    assert list(written.index) == [f"p{i}" for i in range(30)]
+    model = CoxPHInfluence().fit(OK[["x", "z"]], OK[["t", "e"]])
+    np.testing.assert_allclose(written[["x", "z"]].to_numpy(), model.influence_(), rtol=1e-10)
+    assert "robust" not in out  # no clustering: the model's own standard errors
+    assert written["size"].idxmax() in out.split("size = RMS of the dfbetas")[1]
+
+
+@pytest.mark.parametrize("method", ["if", "newton", "loo"])
+def test_method_reaches_the_influence(tmp_path, capsys, method):
+    path, out_csv = tmp_path / "data.csv", tmp_path / "out.csv"
+    OK.to_csv(path, index=False)
+    code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), "--method",
+                                     method, "--top", "2", "--refine", "0", "--out",
+                                     str(out_csv)], capsys)
+    assert code == 0, err
+    assert f"method {method} (" in out
+    model = CoxPHInfluence().fit(OK[["x", "z"]], OK[["t", "e"]])
+    written = pd.read_csv(out_csv, index_col="row")
+    np.testing.assert_allclose(written[["x", "z"]].to_numpy(),
+                               model.influence_(method=method), rtol=1e-8, atol=1e-12)
+
+
+def test_scale_dfbetas(tmp_path, capsys):
+    path, out_csv = tmp_path / "data.csv", tmp_path / "out.csv"
+    OK.to_csv(path, index=False)
+    code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), "--scale",
+                                     "dfbetas", "--refine", "0", "--out", str(out_csv)],
+                                    capsys)
+    assert code == 0, err
+    assert "dfbetas x" in out
+    model = CoxPHInfluence().fit(OK[["x", "z"]], OK[["t", "e"]])
+    written = pd.read_csv(out_csv, index_col="row")
+    np.testing.assert_allclose(written[["x", "z"]].to_numpy(),
+                               model.influence_() / model.standard_errors_.to_numpy(),
+                               rtol=1e-10)
+    # size is the root mean square of the dfbetas
+    np.testing.assert_allclose(written["size"], np.sqrt((written[["x", "z"]] ** 2).mean(axis=1)),
+                               rtol=1e-12)
+
+
+def test_plot_writes_a_png(tmp_path, capsys):
+    path, png = tmp_path / "data.csv", tmp_path / "influence.png"
+    OK.to_csv(path, index=False)
+    code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), "--plot",
+                                     str(png)], capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_verbose_reports_stages_and_progress(tmp_path, capsys):
+    path = tmp_path / "data.csv"
+    OK.to_csv(path, index=False)
+    code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), "--method", "loo",
+                                     "--verbose", "--top", "0"], capsys)
+    assert code == 0, err
+    assert "skvif: fitting the Cox model on 30 rows and 2 covariates" in err
+    assert "[skvif] refits" in err and "30/30" in err
+    code, _, err = run_in_process(["cox", *DATA.format(path=path).split(), "--method", "loo",
+                                   "--top", "0"], capsys)
+    assert code == 0 and err == ""  # quiet by default when stderr is not a terminal
+
+
+def test_missing_rows_are_dropped_counted_and_keep_their_labels(tmp_path, capsys):
+    path, out_csv = tmp_path / "data.csv", tmp_path / "out.csv"
+    frame = OK.assign(x=np.where(ROW2, np.nan, OK.x), unused=np.nan)
+    frame.to_csv(path, index=False)
+    code, out, err = run_in_process(["cox", *DATA.format(path=path).split(), "--drop", "unused",
+                                     "--refine", "0", "--out", str(out_csv)], capsys)
+    assert code == 0, err
+    assert "1 of 30 rows dropped because of missing values (in the column(s) x (1))" in err
+    assert "1 rows dropped for missing values" in out
+    written = pd.read_csv(out_csv, index_col="row")
+    assert list(written.index) == [i for i in range(30) if i != 2]
+    model = CoxPHInfluence().fit(OK[["x", "z"]].drop(index=2), OK[["t", "e"]].drop(index=2))
+    np.testing.assert_allclose(written[["x", "z"]].to_numpy(), model.influence_(), rtol=1e-10)
+
+
+def test_out_is_written_in_chunks(tmp_path, capsys, monkeypatch):
+    import skvif.__main__ as cli
+
+    monkeypatch.setattr(cli, "OUT_CHUNK_ROWS", 7)  # 30 rows: 5 chunks
+    path, out_csv = tmp_path / "data.csv", tmp_path / "out.csv"
+    OK.to_csv(path, index=False)
+    code, _, err = run_in_process(["cox", *DATA.format(path=path).split(), "--refine", "0",
+                                   "--out", str(out_csv)], capsys)
+    assert code == 0, err
+    written = pd.read_csv(out_csv, index_col="row")
+    assert list(written.index) == list(range(30))
+    model = CoxPHInfluence().fit(OK[["x", "z"]], OK[["t", "e"]])
+    np.testing.assert_allclose(written[["x", "z"]].to_numpy(), model.influence_(), rtol=1e-10)
+
+
+def test_bad_out_path_fails_before_the_computation(tmp_path, capsys, monkeypatch):
+    import skvif.survival
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the model was fitted")
+
+    monkeypatch.setattr(skvif.survival.CoxPHInfluence, "fit", no_fit)
+    code, _, err = run_in_process(["cox", "--out", str(tmp_path / "no" / "out.csv")], capsys)
+    assert code == 1 and "non-existent directory" in err

@@ -19,11 +19,16 @@ from autograd.scipy.special import logsumexp
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from autograd.tracer import getval
+
+from skvif._engine import check_units, influence
 from skvif.embedding import NodeEmbeddingInfluence
 from skvif.embedding import _estimator as estimator_module
-from skvif.embedding._estimator import _hessian
+from skvif.embedding._objective import (LeaveOutChanges, SkipGram, removal_weights,
+                                        sparse_adjacency, sparse_cooccurrence)
 
 N_PAIRS = 20
+_GAUGE = 1.0
 
 
 # --------------------------------------------------------------------------
@@ -71,6 +76,235 @@ def rotation(d, seed):
 
 
 # --------------------------------------------------------------------------
+# generic (dense, autograd) path: the implementation before the sparse one,
+# kept as the reference of every fast piece
+# --------------------------------------------------------------------------
+# ---- generic (dense, autograd) reference: the pre-sparse implementation ----
+def unpack(params, n_nodes, n_components):
+    """Split params ``(..., 2 * n_nodes * n_components)`` into ``phi, psi``."""
+    half = n_nodes * n_components
+    lead = params.shape[:-1]
+    phi = anp.reshape(params[..., :half], lead + (n_nodes, n_components))
+    psi = anp.reshape(params[..., half:], lead + (n_nodes, n_components))
+    return phi, psi
+
+
+def weighted_adjacency(edge_index, n_nodes, node_weights=None, edge_weights=None):
+    r"""Symmetric weighted adjacency ``A_w`` of an undirected graph.
+
+    Edge ``e = (i, j)`` enters as ``A_ij = A_ji = e_e \, w_i \, w_j`` with
+    ``e_e`` its edge weight and ``w_i`` the node weights (1 when omitted); a
+    self-loop adds ``e_e w_i^2`` to ``A_ii`` once (as
+    :func:`networkx.to_numpy_array`).
+
+    Parameters
+    ----------
+    edge_index : ndarray of shape (n_edges, 2) of int
+    n_nodes : int
+    node_weights : array of shape (n_nodes,) or (k, n_nodes), optional
+    edge_weights : array of shape (n_edges,) or (k, n_edges), optional
+
+    Returns
+    -------
+    A : array of shape (n_nodes, n_nodes) or (k, n_nodes, n_nodes)
+    """
+    edge_index = np.asarray(edge_index, dtype=np.intp).reshape(-1, 2)
+    m = edge_index.shape[0]
+    src = np.zeros((m, n_nodes))
+    dst = np.zeros((m, n_nodes))
+    src[np.arange(m), edge_index[:, 0]] = 1.0
+    dst[np.arange(m), edge_index[:, 1]] = 1.0
+    loops = edge_index[:, 0] == edge_index[:, 1]
+    src[loops] *= 0.5  # a self-loop is counted once in A_ii after symmetrizing
+
+    batch = next((np.ndim(w) == 2 for w in (node_weights, edge_weights) if w is not None),
+                 False)
+    lead = (anp.shape(node_weights if node_weights is not None else edge_weights)[0],) \
+        if batch else ()
+    factor = anp.ones(lead + (m,))
+    if edge_weights is not None:
+        factor = factor * edge_weights
+    if node_weights is not None:
+        # w_i * w_j for every edge, gathered by matrix products (autograd-friendly)
+        factor = factor * anp.dot(node_weights, src.T * 2.0 ** loops) \
+            * anp.dot(node_weights, dst.T)
+    if batch:
+        half = anp.einsum("mi,km,mj->kij", src, factor, dst)
+        return half + anp.swapaxes(half, 1, 2)
+    half = anp.dot(src.T * factor, dst)
+    return half + half.T
+
+
+def cooccurrence(A, window):
+    r"""Expected random-walk co-occurrence counts within ``window`` steps.
+
+    .. math::
+
+        C = \sum_{t=1}^{T} D P^{t} = \sum_{t=1}^{T} A (D^{-1} A)^{t-1},
+
+    with ``D = diag(A 1)`` the degrees, ``P = D^{-1} A`` the transition matrix
+    and ``T = window``. Rows of isolated nodes (degree 0) are zero: no walk
+    starts there. For an undirected graph ``C`` is symmetric.
+
+    Parameters
+    ----------
+    A : array of shape (n, n) or (k, n, n)
+        Nonnegative symmetric weighted adjacency.
+    window : int
+
+    Returns
+    -------
+    C : array of the shape of ``A``
+    """
+    degree = anp.sum(A, axis=-1)
+    safe = anp.where(degree > 0, degree, 1.0)
+    P = A / anp.expand_dims(safe, -1)
+    M = A
+    C = A
+    for _ in range(int(window) - 1):
+        M = anp.matmul(M, P)
+        C = C + M
+    return C
+
+
+def skipgram_objective(params, C, node_weights, n_components, alpha):
+    r"""Skip-gram loss with full (masked) softmax plus L2 penalty.
+
+    .. math::
+
+        L(\phi, \psi) = \sum_{u, v} C_{uv}\Big[\log \sum_{x} w_x
+            e^{\phi_u \cdot \psi_x} - \phi_u \cdot \psi_v\Big]
+            + \frac{\alpha}{2}\sum_{x} w_x \big(\|\phi_x\|^2 + \|\psi_x\|^2\big)
+
+    Parameters
+    ----------
+    params : array of shape (p,) or (k, p)
+        ``p = 2 * n_nodes * n_components``: node vectors ``phi`` then context
+        vectors ``psi``, each row-major ``(n_nodes, n_components)``.
+    C : array of shape (n, n) or (k, n, n)
+        Co-occurrence counts (zero rows and columns for deleted nodes).
+    node_weights : array of shape (n,) or (k, n)
+        Softmax mask and penalty weights (1 kept, 0 deleted).
+    n_components : int
+    alpha : float
+
+    Returns
+    -------
+    float or array of shape (k,)
+    """
+    n = C.shape[-1]
+    phi, psi = unpack(params, n, n_components)
+    S = anp.matmul(phi, anp.swapaxes(psi, -1, -2))  # S_uv = phi_u . psi_v
+    # log-sum-exp shifted by the row maximum, held constant for autograd: the
+    # result does not depend on the shift, so neither do its derivatives
+    shift = np.max(getval(S), axis=-1, keepdims=True)
+    Z = anp.sum(anp.expand_dims(node_weights, -2) * anp.exp(S - shift), axis=-1)
+    lse = anp.log(Z) + shift[..., 0]
+    # sum_uv C_uv S_uv = sum_u phi_u . (C psi)_u
+    data = (anp.sum(anp.sum(C, axis=-1) * lse, axis=-1)
+            - anp.sum(anp.sum(phi * anp.matmul(C, psi), axis=-1), axis=-1))
+    norms = anp.sum(phi ** 2, axis=-1) + anp.sum(psi ** 2, axis=-1)
+    return data + 0.5 * alpha * anp.sum(node_weights * norms, axis=-1)
+
+
+def pair_scores(params, pair_index, n_nodes, n_components):
+    """``phi_u . psi_v`` for each row ``(u, v)`` of ``pair_index``."""
+    phi, psi = unpack(params, n_nodes, n_components)
+    return anp.sum(phi[pair_index[:, 0]] * psi[pair_index[:, 1]], axis=-1)
+
+def _hessian(lossb, theta, weights):
+    """Dense Hessian of a batched loss in one reverse-over-reverse pass.
+
+    The ``p`` Hessian-vector products with the unit vectors are evaluated as
+    one batch of ``p`` copies of the problem (rows of the result are the
+    gradients of the ``p`` partial derivatives).
+    """
+    p = theta.size
+    Q = np.tile(theta, (p, 1))
+    W = np.tile(weights, (p, 1))
+    eye = np.eye(p)
+    gradient = grad(lambda Q: anp.sum(lossb(Q, W)))
+    H = grad(lambda Q: anp.sum(gradient(Q) * eye))(Q)
+    return 0.5 * (H + H.T)
+
+
+class _Problem:
+    """The objective of one fitted graph as batched losses over node or edge weights.
+
+    Built on demand from the estimator's stored arrays (never stored on it).
+    The co-occurrences depend only on the weights, so the last ones computed
+    are cached: the engine evaluates many Hessian-vector products at the
+    same weights.
+
+    ``anchor`` adds the rotation gauge ``gauge/2 * ||skew(Theta0^T W Theta)||_F^2``
+    with ``Theta = [phi; psi]``, ``W`` the node weights (twice) on the diagonal
+    and ``skew(M) = (M - M^T)/2``. It is zero, with
+    zero gradient, at ``Theta0`` and at every optimum aligned to ``Theta0`` by
+    orthogonal Procrustes, so it changes no pair score of any optimum; it only
+    gives curvature to the rotation directions, which the objective leaves
+    flat (without it a Newton refit never stops drifting along them and the
+    Hessian is singular).
+    """
+
+    def __init__(self, edge_index, n_nodes, n_components, window, alpha, anchor=None):
+        self.edge_index = edge_index
+        self.n_nodes = n_nodes
+        self.n_components = n_components
+        self.window = window
+        self.alpha = alpha
+        self.anchor = None if anchor is None else np.reshape(anchor, (2 * n_nodes,
+                                                                      n_components))
+        self._key = None
+        self._C = None
+
+    def _cooccurrence(self, node_weights, edge_weights):
+        def compute():
+            A = weighted_adjacency(self.edge_index, self.n_nodes, node_weights, edge_weights)
+            return cooccurrence(A, self.window)
+
+        w = node_weights if edge_weights is None else edge_weights
+        if type(w) is not np.ndarray:  # traced by autograd (method="if"): no cache
+            return compute()
+        key = (node_weights is None, w.shape, w.tobytes())
+        if key != self._key:
+            self._key, self._C = None, compute()
+            self._key = key
+        return self._C
+
+    def _gauge(self, params, node_weights=None):
+        if self.anchor is None:
+            return 0.0
+        lead = params.shape[:-1]
+        Theta = anp.reshape(params, lead + (2 * self.n_nodes, self.n_components))
+        if node_weights is not None:  # a removed node's vectors leave the gauge too
+            mask = anp.concatenate([node_weights, node_weights], axis=-1)
+            Theta = Theta * anp.expand_dims(mask, -1)
+        M = anp.matmul(self.anchor.T, Theta)
+        skew = 0.5 * (M - anp.swapaxes(M, -1, -2))
+        return 0.5 * _GAUGE * anp.sum(anp.sum(skew ** 2, axis=-1), axis=-1)
+
+    def node_loss(self, params, weights):
+        """Objective with node weights ``(n_nodes,)`` or ``(k, n_nodes)``."""
+        C = self._cooccurrence(weights, None)
+        return (skipgram_objective(params, C, weights, self.n_components, self.alpha)
+                + self._gauge(params, weights))
+
+    def edge_loss(self, params, weights):
+        """Objective with edge weights ``(n_edges,)`` or ``(k, n_edges)``."""
+        C = self._cooccurrence(None, weights)
+        node_weights = np.ones(np.shape(weights)[:-1] + (self.n_nodes,))
+        return (skipgram_objective(params, C, node_weights, self.n_components, self.alpha)
+                + self._gauge(params))
+
+
+
+
+def generic_problem(model, anchor=None):
+    return _Problem(model.edge_index_, len(model.nodes_), model.n_components, model.window,
+                    float(model.alpha), anchor)
+
+
+# --------------------------------------------------------------------------
 # fixtures (module scope: refits are the expensive part)
 # --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -103,13 +337,13 @@ def test_cooccurrence_by_hand():
     # path a-b-c, window 2: C = A + A D^-1 A
     model = NodeEmbeddingInfluence(window=2, random_state=0).fit(nx.path_graph("abc"))
     expected = np.array([[0.5, 1.0, 0.5], [1.0, 2.0, 1.0], [0.5, 1.0, 0.5]])
-    np.testing.assert_allclose(model.cooccurrence_, expected, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(model.cooccurrence_.toarray(), expected, rtol=0, atol=1e-15)
 
 
 def test_cooccurrence_counts_walks():
     G = nx.karate_club_graph()
     model = NodeEmbeddingInfluence(window=4).fit(G)
-    C = model.cooccurrence_
+    C = model.cooccurrence_.toarray()
     np.testing.assert_allclose(C, reference_cooccurrence(G, 4), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(C, C.T, atol=1e-12)
     degree = np.array([G.degree(v) for v in model.nodes_])
@@ -131,7 +365,7 @@ def test_node_weight_zero_is_exact_deletion(node_pos):
     model.fit(G)
     n, d = len(model.nodes_), model.n_components
     theta = np.random.RandomState(1).standard_normal(2 * n * d)
-    problem = model._problem()
+    problem = generic_problem(model)
     w = np.ones(n)
     w[node_pos] = 0.0
     H = G.copy()
@@ -160,16 +394,16 @@ def test_edge_weight_zero_is_exact_deletion(edge_pos):
     H = G.copy()
     H.remove_edge(*model.edges_[edge_pos])  # -1: ("hub", "leaf") isolates "leaf"
     expected = reference_objective(H, theta, model.window, model.alpha, d)
-    got = model._problem().edge_loss(theta, w)
+    got = generic_problem(model).edge_loss(theta, w)
     assert abs(got - expected) <= 1e-12 * abs(expected)
     full = reference_objective(G, theta, model.window, model.alpha, d)
-    assert abs(model._problem().edge_loss(theta, np.ones(m)) - full) <= 1e-12 * abs(full)
+    assert abs(generic_problem(model).edge_loss(theta, np.ones(m)) - full) <= 1e-12 * abs(full)
 
 
 def test_gradient_and_hessian_against_finite_differences():
     G = nx.florentine_families_graph()
     model = NodeEmbeddingInfluence(random_state=0).fit(G)
-    problem = model._problem()
+    problem = generic_problem(model)
     n, d, m = len(model.nodes_), model.n_components, len(model.edges_)
     rng = np.random.RandomState(3)
     theta = 0.5 * rng.standard_normal(2 * n * d)
@@ -185,6 +419,139 @@ def test_gradient_and_hessian_against_finite_differences():
     gfun = lambda th: grad(problem.edge_loss)(th, w)  # noqa: E731
     fd_h = np.array([(gfun(theta + h * e) - gfun(theta - h * e)) / (2 * h) for e in E])
     np.testing.assert_allclose(Hs, 0.5 * (fd_h + fd_h.T), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# the sparse, matrix-free pieces against the generic dense autograd path
+# --------------------------------------------------------------------------
+def _adversarial_graph():
+    """Karate club with a self-loop, a pendant chain, an isolated node and odd labels."""
+    G = _graph_with_extras()
+    G.add_edge("leaf", "leaf2")
+    G.add_node("alone")
+    return G
+
+
+@pytest.fixture(scope="module")
+def adversarial():
+    G = _adversarial_graph()
+    model = NodeEmbeddingInfluence(window=3, alpha=0.7, random_state=0).fit(G)
+    pos = {v: i for i, v in enumerate(model.nodes_)}
+    # nodes: hub (leaves a node isolated), self-loop node, pendant, end of chain, isolated
+    nodes = [pos[v] for v in ("hub", 5, "leaf", "leaf2", "alone", ("t", 33))]
+    edges = [model.edges_.index(e) for e in model.edges_
+             if e[0] == e[1] or "leaf" in e or "leaf2" in e][:4] + [0, 10, 40]
+    return G, model, nodes, edges
+
+
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_sparse_cooccurrence_equals_dense(adversarial, window):
+    G, model, _, _ = adversarial
+    n = len(model.nodes_)
+    A = sparse_adjacency(model.edge_index_, n)
+    np.testing.assert_array_equal(A.toarray(), weighted_adjacency(model.edge_index_, n))
+    C = sparse_cooccurrence(A, window)
+    np.testing.assert_allclose(C.toarray(), reference_cooccurrence(G, window),
+                               rtol=1e-13, atol=1e-13)
+    dense = cooccurrence(weighted_adjacency(model.edge_index_, n), window)
+    np.testing.assert_allclose(C.toarray(), dense, rtol=1e-13, atol=1e-13)
+
+
+def _leave_out_dense(model, unit, pos, eps):
+    """Dense generic C and node weights with one unit's weight at 1 - eps."""
+    n, m = len(model.nodes_), len(model.edges_)
+    w = np.ones(n if unit == "node" else m)
+    w[pos] = 1.0 - eps
+    if unit == "node":
+        return cooccurrence(weighted_adjacency(model.edge_index_, n, node_weights=w),
+                            model.window), w
+    return cooccurrence(weighted_adjacency(model.edge_index_, n, edge_weights=w),
+                        model.window), np.ones(n)
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.3])
+def test_leave_out_cooccurrence_updates(adversarial, eps):
+    """removal_weights + sparse C, and the local (C' - C) X of LeaveOutChanges."""
+    G, model, nodes, edges = adversarial
+    n, d = len(model.nodes_), model.n_components
+    A = sparse_adjacency(model.edge_index_, n)
+    C = sparse_cooccurrence(A, model.window).toarray()
+    theta = model._params()
+    V = np.random.RandomState(0).standard_normal((theta.size, 3))
+    changes = LeaveOutChanges(A, model.window, model._objective(), theta, V)
+    X = np.concatenate([model.context_embedding_, model.embedding_], axis=1)
+    for unit, positions in (("node", nodes), ("edge", edges)):
+        index = positions if unit == "node" else [tuple(model.edge_index_[k]) for k in positions]
+        for pos, idx in zip(positions, index):
+            dense, _ = _leave_out_dense(model, unit, pos, eps)
+            sparse = sparse_cooccurrence(removal_weights(A, unit, idx, eps), model.window)
+            np.testing.assert_allclose(sparse.toarray(), dense, rtol=1e-12, atol=1e-12)
+        # (C' - C) X dotted with V, all units of a chunk at once
+        got = changes._data_part(unit, index, eps)
+        for k, pos in enumerate(positions):
+            dense, _ = _leave_out_dense(model, unit, pos, eps)
+            dCX = (dense - C) @ X  # (n, 2d): pairs with [a, b]
+            expected = np.einsum("xd,xdj->j", dCX, changes.Vnode)
+            np.testing.assert_allclose(got[k], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("unit", ["node", "edge"])
+def test_objective_gradient_hvp_equal_autograd(adversarial, unit):
+    G, model, nodes, edges = adversarial
+    n, d = len(model.nodes_), model.n_components
+    rng = np.random.RandomState(4)
+    theta = 0.7 * rng.standard_normal(2 * n * d)
+    anchor = model._params()
+    generic = generic_problem(model, anchor=anchor)
+    A = sparse_adjacency(model.edge_index_, n)
+    for pos in (nodes[:3] if unit == "node" else edges[:3]):
+        for eps in (1.0, 0.4):
+            idx = pos if unit == "node" else tuple(model.edge_index_[pos])
+            C = sparse_cooccurrence(removal_weights(A, unit, idx, eps), model.window)
+            _, w = _leave_out_dense(model, unit, pos, eps)
+            fast = SkipGram(C, w if unit == "node" else None, d, model.alpha, anchor=anchor)
+            loss = generic.node_loss if unit == "node" else generic.edge_loss
+            weights = np.ones(n if unit == "node" else len(model.edges_))
+            weights[pos] = 1.0 - eps
+            value, gradient = fast.value_and_grad(theta)
+            assert abs(value - loss(theta, weights)) <= 1e-12 * abs(value)
+            np.testing.assert_allclose(gradient, grad(loss)(theta, weights),
+                                       rtol=1e-11, atol=1e-10)
+            H = _hessian(loss, theta, weights)
+            np.testing.assert_allclose(fast.hessian(theta), H, rtol=1e-10, atol=1e-9)
+            np.testing.assert_allclose(fast.hessian_diagonal(theta), np.diag(H),
+                                       rtol=1e-10, atol=1e-9)
+            v = rng.standard_normal(theta.size)
+            np.testing.assert_allclose(fast.hvp(theta, v), H @ v, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("unit", ["node", "edge"])
+@pytest.mark.parametrize("method", ["vif", "if", "newton"])
+def test_target_first_influence_equals_generic_engine(adversarial, unit, method):
+    """Both solvers of the estimator vs the engine on the dense autograd objective."""
+    G, model, nodes, edges = adversarial
+    pairs = random_pairs(model.nodes_, 6, seed=2) + [("hub", "leaf"), (5, 5)]
+    index = model._pair_index(pairs)
+    n, d = len(model.nodes_), model.n_components
+    theta = model._params()
+    generic = generic_problem(model, anchor=theta)
+    loss, n_units = ((generic.node_loss, n) if unit == "node"
+                     else (generic.edge_loss, len(model.edges_)))
+    positions = nodes if unit == "node" else edges
+    expected = influence(loss, theta, n_units, check_units([np.array([k]) for k in positions],
+                                                           n_units),
+                         target=lambda th: pair_scores(th, index, n, d), method=method,
+                         solver="direct", damping=0.05, batched=True, saddle_free=True)
+    units = [model.nodes_[k] for k in positions] if unit == "node" else \
+        [model.edges_[k] for k in positions]
+    if unit == "node":
+        rows = np.asarray(positions)[:, None]
+        expected[(rows == index[:, 0]) | (rows == index[:, 1])] = np.nan
+    for solver in ("direct", "cg"):
+        got = model.influence_(pairs, unit=unit, method=method, solver=solver, damping=0.05,
+                               units=units)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8 * np.nanmax(
+            np.abs(expected)), err_msg=solver)
 
 
 def test_fit_reaches_a_tight_optimum_of_the_reference(karate):
@@ -340,7 +707,7 @@ def test_isolated_node_in_the_graph():
     G = nx.path_graph(5)
     G.add_node("alone")
     model = NodeEmbeddingInfluence(random_state=0).fit(G)
-    assert np.all(model.cooccurrence_[-1] == 0)
+    assert np.all(model.cooccurrence_.toarray()[-1] == 0)
     np.testing.assert_allclose(model.embedding_[-1], 0.0, atol=1e-8)  # only the penalty
     result = model.influence_([(0, 4), ("alone", 2)], unit="node")
     assert result.shape == (6, 2)

@@ -75,8 +75,10 @@ def C(**params):
     return CoxPHInfluence(**params)
 
 
+# missing values: counted and placed (CoxPHInfluence(missing='drop') drops them)
 COX_FIT_CASES = {
-    "X with NaN": (lambda: C().fit(NAN_X, Y), ValueError, "Input X contains NaN"),
+    "X with NaN": (lambda: C().fit(NAN_X, Y), ValueError,
+                   "have missing values (NaN or None) in X ("),
     "X with inf": (lambda: C().fit(INF_X, Y), ValueError, "Input X contains infinity"),
     "non-numeric DataFrame column": (
         lambda: C().fit(pd.DataFrame({"age": T, "sex": ["m", "f"] * 15}), Y),
@@ -96,12 +98,12 @@ COX_FIT_CASES = {
     "negative time": (lambda: C().fit(X, np.column_stack([T - 1, E])), ValueError,
                       "Survival times must be non-negative"),
     "NaN time": (lambda: C().fit(X, np.column_stack([np.where(ROW0, np.nan, T), E])),
-                 ValueError, "Survival times contain NaN or infinite values"),
+                 ValueError, "1 of 30 row(s) have missing values (NaN or None) in y (1)"),
     "event not 0/1": (lambda: C().fit(X, np.column_stack([T, 2 * E])), ValueError,
                       "event indicator (the second column of a 2-column y [time, event]) "
                       "must be boolean or 0/1, got 2"),
     "NaN event": (lambda: C().fit(X, np.column_stack([T, np.where(ROW0, np.nan, E)])),
-                  ValueError, "must be boolean or 0/1, got nan"),
+                  ValueError, "1 of 30 row(s) have missing values (NaN or None) in y (1)"),
     "no events": (lambda: C().fit(X, np.column_stack([T, 0 * E])), ValueError,
                   "All observations are censored"),
     "no weighted event": (lambda: C().fit(X, Y, E == 0), ValueError,
@@ -117,16 +119,16 @@ COX_FIT_CASES = {
     "strata length": (lambda: C().fit(X, Y, strata=np.ones(N - 1)), ValueError,
                       "strata must have one label per row (30 rows), got shape (29,)"),
     "NaN strata": (lambda: C().fit(X, Y, strata=np.where(ROW0, np.nan, 1.0)), ValueError,
-                   "strata contains missing values"),
+                   "1 of 30 row(s) have missing values (NaN or None) in strata (1)"),
     "None strata": (lambda: C().fit(X, Y, strata=np.array([None] + ["a"] * (N - 1))),
-                    ValueError, "strata contains missing values"),
+                    ValueError, "1 of 30 row(s) have missing values (NaN or None) in strata (1)"),
     "unsortable strata": (lambda: C().fit(X, Y, strata=np.array([1] + ["a"] * (N - 1),
                                                                  dtype=object)),
                           TypeError, "strata labels must be mutually sortable"),
     "entry after time": (lambda: C().fit(X, Y, entry=T + 1), ValueError,
                          "entry must be strictly before time on every row"),
     "NaN entry": (lambda: C().fit(X, Y, entry=np.where(ROW0, np.nan, 0.0)), ValueError,
-                  "entry contains NaN or infinite values"),
+                  "1 of 30 row(s) have missing values (NaN or None) in entry (1)"),
 }
 
 

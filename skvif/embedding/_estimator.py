@@ -1,37 +1,53 @@
 """``NodeEmbeddingInfluence``: a skip-gram node embedding that explains itself."""
 
+import hashlib
+import sys
 import warnings
 from numbers import Integral, Real
 
-import autograd.numpy as anp
 import networkx as nx
 import numpy as np
 import pandas as pd
+import scipy.linalg
 import scipy.optimize
-from autograd import grad
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from .._engine import (METHODS, SOLVERS, check_choice, check_nonnegative, check_units,
-                       influence, minimize)
-from ._objective import cooccurrence, pair_scores, skipgram_objective, weighted_adjacency
+from .._engine import METHODS, SOLVERS, check_choice, check_nonnegative
+from ._linalg import block_cg, dense_saddle_free_solve, saddle_free_solve
+from ._objective import (LeaveOutChanges, SkipGram, removal_weights, sparse_adjacency,
+                         sparse_cooccurrence)
 
 __all__ = ["NodeEmbeddingInfluence"]
 
 TARGETS = ("score",)
 UNITS = ("node", "edge")
 
-# The fit stops once the gradient norm is below this (scipy's trust-exact).
+# The fit stops once the gradient norm is below this.
 _GTOL = 1e-9
-_MAX_ITER = 1000
-_MAX_POLISH = 50
+# Trust-region iterations of the fit from the random start, and the gradient
+# norm at which the polish (rotation gauge added) takes over.
+_MAX_ITER = 2000
+_START_GTOL = 1e-6
+# Trust-region Newton-CG iterations of the polish (and of each "loo" refit).
+_MAX_POLISH = 200
+# Newton steps (by the gradient norm) that finish the polish, at most.
+_NEWTON_FINISH = 8
 # Scale of the random start (standard normal times this).
 _INIT_SCALE = 0.1
-# Weight of the rotation gauge (see ``_Problem``); results do not depend on it.
+# Weight of the rotation gauge (see ``SkipGram``); results do not depend on it.
 _GAUGE = 1.0
+# solver="auto" forms dense Hessians below this many parameters (2 n d).
+_DENSE_MAX_PARAMS = 500
+# Relative residual of the conjugate-gradient solves of "vif" / "if".
+_CG_RTOL = 1e-10
+# Step of the complex-step derivative of method="if" (exact to rounding).
+_COMPLEX_STEP = 1e-30
+# Units whose leave-out changes are computed together hold about this many numbers.
+_UNIT_CHUNK_ELEMENTS = 2**21
 
 
 def _check_graph(G):
@@ -46,91 +62,6 @@ def _check_graph(G):
     if G.number_of_nodes() < 2 or G.number_of_edges() < 1:
         raise ValueError(f"G must have at least 2 nodes and 1 edge, got "
                          f"{G.number_of_nodes()} nodes and {G.number_of_edges()} edges.")
-
-
-def _hessian(lossb, theta, weights):
-    """Dense Hessian of a batched loss in one reverse-over-reverse pass.
-
-    The ``p`` Hessian-vector products with the unit vectors are evaluated as
-    one batch of ``p`` copies of the problem (rows of the result are the
-    gradients of the ``p`` partial derivatives).
-    """
-    p = theta.size
-    Q = np.tile(theta, (p, 1))
-    W = np.tile(weights, (p, 1))
-    eye = np.eye(p)
-    gradient = grad(lambda Q: anp.sum(lossb(Q, W)))
-    H = grad(lambda Q: anp.sum(gradient(Q) * eye))(Q)
-    return 0.5 * (H + H.T)
-
-
-class _Problem:
-    """The objective of one fitted graph as batched losses over node or edge weights.
-
-    Built on demand from the estimator's stored arrays (never stored on it).
-    The co-occurrences depend only on the weights, so the last ones computed
-    are cached: the engine evaluates many Hessian-vector products at the
-    same weights.
-
-    ``anchor`` adds the rotation gauge ``gauge/2 * ||skew(Theta0^T W Theta)||_F^2``
-    with ``Theta = [phi; psi]``, ``W`` the node weights (twice) on the diagonal
-    and ``skew(M) = (M - M^T)/2``. It is zero, with
-    zero gradient, at ``Theta0`` and at every optimum aligned to ``Theta0`` by
-    orthogonal Procrustes, so it changes no pair score of any optimum; it only
-    gives curvature to the rotation directions, which the objective leaves
-    flat (without it a Newton refit never stops drifting along them and the
-    Hessian is singular).
-    """
-
-    def __init__(self, edge_index, n_nodes, n_components, window, alpha, anchor=None):
-        self.edge_index = edge_index
-        self.n_nodes = n_nodes
-        self.n_components = n_components
-        self.window = window
-        self.alpha = alpha
-        self.anchor = None if anchor is None else np.reshape(anchor, (2 * n_nodes,
-                                                                      n_components))
-        self._key = None
-        self._C = None
-
-    def _cooccurrence(self, node_weights, edge_weights):
-        def compute():
-            A = weighted_adjacency(self.edge_index, self.n_nodes, node_weights, edge_weights)
-            return cooccurrence(A, self.window)
-
-        w = node_weights if edge_weights is None else edge_weights
-        if type(w) is not np.ndarray:  # traced by autograd (method="if"): no cache
-            return compute()
-        key = (node_weights is None, w.shape, w.tobytes())
-        if key != self._key:
-            self._key, self._C = None, compute()
-            self._key = key
-        return self._C
-
-    def _gauge(self, params, node_weights=None):
-        if self.anchor is None:
-            return 0.0
-        lead = params.shape[:-1]
-        Theta = anp.reshape(params, lead + (2 * self.n_nodes, self.n_components))
-        if node_weights is not None:  # a removed node's vectors leave the gauge too
-            mask = anp.concatenate([node_weights, node_weights], axis=-1)
-            Theta = Theta * anp.expand_dims(mask, -1)
-        M = anp.matmul(self.anchor.T, Theta)
-        skew = 0.5 * (M - anp.swapaxes(M, -1, -2))
-        return 0.5 * _GAUGE * anp.sum(anp.sum(skew ** 2, axis=-1), axis=-1)
-
-    def node_loss(self, params, weights):
-        """Objective with node weights ``(n_nodes,)`` or ``(k, n_nodes)``."""
-        C = self._cooccurrence(weights, None)
-        return (skipgram_objective(params, C, weights, self.n_components, self.alpha)
-                + self._gauge(params, weights))
-
-    def edge_loss(self, params, weights):
-        """Objective with edge weights ``(n_edges,)`` or ``(k, n_edges)``."""
-        C = self._cooccurrence(None, weights)
-        node_weights = np.ones(np.shape(weights)[:-1] + (self.n_nodes,))
-        return (skipgram_objective(params, C, node_weights, self.n_components, self.alpha)
-                + self._gauge(params))
 
 
 class NodeEmbeddingInfluence(BaseEstimator):
@@ -289,9 +220,14 @@ class NodeEmbeddingInfluence(BaseEstimator):
         tags.input_tags.two_d_array = False
         return tags
 
-    def _problem(self, anchor=None):
-        return _Problem(self.edge_index_, len(self.nodes_), self.n_components, self.window,
-                        float(self.alpha), anchor)
+    def _objective(self, node_weights=None, C=None, anchor=None):
+        """The (leave-out) objective: co-occurrences ``C``, node weights, gauge anchor."""
+        n_components, _, alpha = self._fitted_objective
+        return SkipGram(self.cooccurrence_ if C is None else C, node_weights,
+                        n_components, alpha, anchor=anchor, gauge=_GAUGE)
+
+    def _adjacency(self):
+        return sparse_adjacency(self.edge_index_, len(self.nodes_))
 
     def _params(self):
         return np.concatenate([np.ravel(self.embedding_), np.ravel(self.context_embedding_)])
@@ -318,39 +254,30 @@ class NodeEmbeddingInfluence(BaseEstimator):
         self.edges_ = list(G.edges())
         self.edge_index_ = np.array([[position[a], position[b]] for a, b in self.edges_],
                                     dtype=np.intp).reshape(-1, 2)
+        # the objective is fixed at fit: set_params afterwards changes the next fit only
+        self._fitted_objective = (int(self.n_components), int(self.window), float(self.alpha))
         n, d = len(self.nodes_), int(self.n_components)
-        problem = self._problem()
-        ones = np.ones(len(self.edges_))
-        self.cooccurrence_ = cooccurrence(
-            weighted_adjacency(self.edge_index_, n), int(self.window))
+        self.cooccurrence_ = sparse_cooccurrence(self._adjacency(), int(self.window))
+        objective = self._objective()
 
         rng = check_random_state(self.random_state)
         theta0 = _INIT_SCALE * rng.standard_normal(2 * n * d)
-        gradient = grad(problem.edge_loss)
+        # trust-region Newton-CG (exact Hessian-vector products, never a dense
+        # Hessian); it copes with the flat rotations and with saddles on the way
         result = scipy.optimize.minimize(
-            lambda th: float(problem.edge_loss(th, ones)), theta0,
-            jac=lambda th: gradient(th, ones),
-            hess=lambda th: _hessian(problem.edge_loss, th, ones),
-            method="trust-exact", options={"gtol": _GTOL, "maxiter": _MAX_ITER},
-        )
-        theta = result.x
-        g_norm = np.linalg.norm(gradient(theta, ones))
-        n_iter = int(result.nit)
-        if g_norm > _GTOL:
-            # trust-exact can stop early on rounding; polish by the engine's
-            # saddle-free Newton, with the rotation gauge so it converges
-            polish = self._problem(anchor=theta)
-            P, it, _ = minimize(polish.edge_loss, theta[None], ones[None], tol=1e-12,
-                                max_iter=_MAX_POLISH)
-            theta, n_iter = P[0], n_iter + int(it[0])
-            g_norm = np.linalg.norm(gradient(theta, ones))
+            objective.value_and_grad, theta0, jac=True, hessp=objective.hvp,
+            method="trust-krylov", options={"maxiter": _MAX_ITER, "gtol": _START_GTOL})
+        theta, n_iter = _polish(lambda th: self._objective(anchor=th), result.x)
+        n_iter += int(result.nit)
+        value, gradient = objective.value_and_grad(theta)
+        g_norm = np.linalg.norm(gradient)
         if not np.isfinite(g_norm) or g_norm > 1e3 * _GTOL:
             warnings.warn(f"The fit did not converge in {n_iter} iterations (gradient "
                           f"norm {g_norm:.3g}); influence estimates need a tight optimum.",
                           ConvergenceWarning, stacklevel=2)
         self.embedding_ = theta[:n * d].reshape(n, d).copy()
         self.context_embedding_ = theta[n * d:].reshape(n, d).copy()
-        self.objective_ = float(problem.edge_loss(theta, ones))
+        self.objective_ = float(value)
         self.n_iter_ = n_iter
         return self
 
@@ -396,8 +323,40 @@ class NodeEmbeddingInfluence(BaseEstimator):
         return np.sum(self.embedding_[index[:, 0]] * self.context_embedding_[index[:, 1]],
                       axis=1)
 
+    def _unit_index(self, unit, units):
+        """Positions (nodes) or end-node pairs (edges) of the requested units."""
+        labels = self.nodes_ if unit == "node" else self.edges_
+        if units is None:
+            positions = np.arange(len(labels))
+        else:
+            lookup = {label: k for k, label in enumerate(labels)}
+            if unit == "edge":  # an undirected edge may be given either way round
+                lookup.update({(b, a): k for (a, b), k in list(lookup.items())})
+            positions = []
+            for label in units:
+                try:
+                    positions.append(lookup[label])
+                except (KeyError, TypeError):
+                    raise ValueError(f"units: {label!r} is not a {unit} of the fitted "
+                                     "graph.") from None
+            if not positions:
+                raise ValueError("units is empty: give at least one node or edge.")
+            positions = np.asarray(positions, dtype=np.intp)
+        if unit == "node":
+            return positions, list(positions)
+        return positions, [tuple(e) for e in self.edge_index_[positions]]
+
+    def _leave_out(self, unit, index, theta):
+        """The objective of the graph without one node or edge, gauge anchored at theta."""
+        A = removal_weights(self._adjacency(), unit, index)
+        weights = None
+        if unit == "node":
+            weights = np.ones(len(self.nodes_))
+            weights[index] = 0.0
+        return self._objective(weights, sparse_cooccurrence(A, self._fitted_objective[1]), theta)
+
     def influence_(self, pairs, *, target="score", unit="node", method="vif", solver="auto",
-                   damping=None, n_jobs=None, as_frame=False, verbose=0):
+                   damping=None, n_jobs=None, as_frame=False, verbose=0, units=None):
         r"""Estimated change of pair scores when each node or edge is removed.
 
         Parameters
@@ -418,17 +377,26 @@ class NodeEmbeddingInfluence(BaseEstimator):
             ``"loo"``: exact refits warm-started at the fit (slow, the ground
             truth).
         solver : {"auto", "direct", "cg"}, default="auto"
-            How Hessian systems are solved (see :func:`skvif.vif`);
-            ``"newton"`` always uses the dense eigendecomposition here.
+            ``"direct"`` forms dense Hessians (``2 n d`` Hessian-vector
+            products each) and factorizes them; ``"cg"`` never forms them:
+            ``"vif"``/``"if"`` solve ``(H + damping I) v_j = grad score_j``
+            by conjugate gradients, ``"newton"`` takes the saddle-free step
+            on the Krylov space of the leave-out Hessian (Lanczos). ``"auto"``
+            is ``"direct"`` below 500 parameters, ``"cg"`` from there on.
         damping : float, default=None
             ``None`` uses the estimator's ``damping``; must be > 0.
         n_jobs : int, default=None
-            Number of joblib workers over chunks of units.
+            Accepted for compatibility; the computation runs in this process
+            (its products are BLAS calls, threaded by BLAS itself).
         as_frame : bool, default=False
             Return a DataFrame indexed by node labels (or edges), one column
             per pair.
         verbose : int, default=0
             Print progress to stderr.
+        units : sequence of nodes or edges, default=None
+            Only these nodes (``unit="node"``) or edges (``unit="edge"``, either
+            orientation); rows of the result then follow this order.
+            ``None``: every node or edge.
 
         Returns
         -------
@@ -449,28 +417,145 @@ class NodeEmbeddingInfluence(BaseEstimator):
             raise ValueError("damping must be > 0 for this non-convex objective "
                              "(see the class Notes).")
         index = self._pair_index(pairs)
-        n, d = len(self.nodes_), int(self.n_components)
+        positions, unit_index = self._unit_index(unit, units)
         theta = self._params()
-        problem = self._problem(anchor=theta)
-        if unit == "node":
-            loss, n_units = problem.node_loss, n
+        objective = self._objective(anchor=theta)
+        J = _pair_jacobian(theta, index, len(self.nodes_), self.embedding_.shape[1])
+        dense = (solver == "direct"
+                 or (solver == "auto" and theta.size < _DENSE_MAX_PARAMS))
+        log = _progress(verbose, f"{method} {unit}s", len(unit_index))
+        if method in ("vif", "if"):
+            out = self._linearized(objective, theta, J, unit, unit_index, method, dense,
+                                   damping, log)
+        elif method == "newton":
+            out = np.empty((len(unit_index), index.shape[0]))
+            for k, unit_pos in enumerate(unit_index):
+                leave_out = self._leave_out(unit, unit_pos, theta)
+                g = leave_out.value_and_grad(theta)[1]
+                if dense:
+                    step = dense_saddle_free_solve(leave_out.hessian(theta), g, damping)
+                else:
+                    step = saddle_free_solve(lambda v: leave_out.hvp(theta, v), g, damping)
+                out[k] = -(J @ step)
+                log(k + 1)
         else:
-            loss, n_units = problem.edge_loss, len(self.edges_)
-
-        def target_fn(params):
-            return pair_scores(params, index, n, d)
-
-        out = influence(loss, theta, n_units, check_units(None, n_units), target=target_fn,
-                        method=method, solver="direct" if method == "newton" else solver,
-                        damping=damping, n_jobs=n_jobs, batched=True, verbose=verbose,
-                        saddle_free=True)
+            base = _pair_scores(theta, index, len(self.nodes_), self.embedding_.shape[1])
+            out = np.empty((len(unit_index), index.shape[0]))
+            failed = []
+            for k, unit_pos in enumerate(unit_index):
+                refit, converged = _polish(
+                    lambda th, u=unit_pos: self._leave_out(unit, u, theta), theta,
+                    fixed_anchor=True)
+                failed += [] if converged else [positions[k]]
+                out[k] = (_pair_scores(refit, index, len(self.nodes_), self.embedding_.shape[1])
+                          - base)
+                log(k + 1)
+            if failed:
+                warnings.warn(f"{len(failed)} leave-one-out refits did not reach a gradient "
+                              f"norm of {1e3 * _GTOL:g} (units at positions {failed[:10]}).",
+                              ConvergenceWarning, stacklevel=2)
         if unit == "node":
-            rows = np.arange(n)[:, None]
+            rows = np.asarray(unit_index)[:, None]
             out[(rows == index[:, 0]) | (rows == index[:, 1])] = np.nan
         if not as_frame:
             return out
-        labels = (pd.Index(self.nodes_, tupleize_cols=False) if unit == "node"
-                  else pd.MultiIndex.from_tuples(self.edges_))
+        labels = ([self.nodes_[k] for k in positions] if unit == "node"
+                  else [self.edges_[k] for k in positions])
+        labels = (pd.Index(labels, tupleize_cols=False) if unit == "node"
+                  else pd.MultiIndex.from_tuples(labels))
         columns = pd.MultiIndex.from_tuples([(self.nodes_[a], self.nodes_[b])
                                              for a, b in index], names=["u", "v"])
         return pd.DataFrame(out, index=labels, columns=columns)
+
+    def _linearized(self, objective, theta, J, unit, unit_index, method, dense, damping, log):
+        """``"vif"`` / ``"if"``: one damped Hessian solve per pair, then a product per unit."""
+        V = self._pair_solves(objective, theta, J, dense, damping)
+        changes = LeaveOutChanges(self._adjacency(), self._fitted_objective[1], objective,
+                                  theta, V)
+        n, width = len(self.nodes_), 2 * self.embedding_.shape[1]
+        size = max(1, _UNIT_CHUNK_ELEMENTS // (n * max(width, V.shape[1])))
+        eps = 1.0 if method == "vif" else 1j * _COMPLEX_STEP
+        out = []
+        for start in range(0, len(unit_index), size):
+            R = changes.changes(unit, unit_index[start:start + size], eps)
+            out.append(R if method == "vif" else R.imag / _COMPLEX_STEP)
+            log(start + len(out[-1]))
+        return np.concatenate(out, axis=0)
+
+
+    def _pair_solves(self, objective, theta, J, dense, damping):
+        """``V = (H + damping I)^{-1} J^T``, one solve per pair, reused for the same inputs."""
+        key = (hashlib.sha1(theta.tobytes() + J.tobytes()).hexdigest(), float(damping), dense)
+        cached = getattr(self, "_pair_solve_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if dense:
+            H = objective.hessian(theta) + damping * np.eye(theta.size)
+            V = scipy.linalg.solve(H, J.T, assume_a="sym")
+        else:
+            V = block_cg(lambda X: objective.hvp(theta, X) + damping * X, J.T,
+                         rtol=_CG_RTOL, diagonal=objective.hessian_diagonal(theta) + damping)
+        self._pair_solve_cache = (key, V)
+        return V
+
+
+def _pair_jacobian(theta, pair_index, n_nodes, n_components):
+    """``d score_j / d theta`` for the pair scores ``phi_u . psi_v``, shape ``(m, p)``."""
+    d = n_components
+    phi = theta[:n_nodes * d].reshape(n_nodes, d)
+    psi = theta[n_nodes * d:].reshape(n_nodes, d)
+    J = np.zeros((pair_index.shape[0], theta.size))
+    for j, (u, v) in enumerate(pair_index):
+        J[j, u * d:(u + 1) * d] += psi[v]
+        J[j, (n_nodes + v) * d:(n_nodes + v + 1) * d] += phi[u]
+    return J
+
+
+def _pair_scores(theta, pair_index, n_nodes, n_components):
+    """Pair scores ``phi_u . psi_v``."""
+    d = n_components
+    phi = theta[:n_nodes * d].reshape(n_nodes, d)
+    psi = theta[n_nodes * d:].reshape(n_nodes, d)
+    return np.sum(phi[pair_index[:, 0]] * psi[pair_index[:, 1]], axis=1)
+
+
+def _polish(make_objective, theta, fixed_anchor=False):
+    """Trust-region Newton-CG on exact Hessian-vector products, rotation gauge included.
+
+    ``make_objective(anchor)`` returns the objective with its gauge anchored
+    at ``anchor``: at ``theta`` for the fit's polish (the gauge only pins the
+    rotation of the optimum nearest the first-stage fit), at the full-data fit
+    for a refit (``fixed_anchor``; ``theta`` is then the warm start).
+
+    Returns the minimizer and the iteration count (fit), or the minimizer and
+    whether the gradient norm reached ``1e3 * _GTOL`` (refits).
+    """
+    objective = make_objective(theta)
+    g = objective.value_and_grad(theta)[1]
+    n_iter = 0
+    if np.linalg.norm(g) > _START_GTOL:  # a refit's warm start: far from its optimum
+        result = scipy.optimize.minimize(
+            objective.value_and_grad, theta, jac=True, hessp=objective.hvp,
+            method="trust-krylov", options={"gtol": _START_GTOL, "maxiter": _MAX_POLISH})
+        theta, n_iter = result.x, int(result.nit)
+        g = objective.value_and_grad(theta)[1]
+    # near the optimum the objective's decrease drowns in rounding and the trust
+    # region stalls: finish with Newton steps judged by the gradient norm alone
+    for _ in range(_NEWTON_FINISH):
+        if np.linalg.norm(g) <= _GTOL:
+            break
+        step = saddle_free_solve(lambda v: objective.hvp(theta, v), g, 0.0, rtol=1e-6)
+        g_new = objective.value_and_grad(theta - step)[1]
+        if not np.linalg.norm(g_new) < np.linalg.norm(g):
+            break
+        theta, g, n_iter = theta - step, g_new, n_iter + 1
+    if fixed_anchor:
+        return theta, bool(np.linalg.norm(g) <= 1e3 * _GTOL)
+    return theta, n_iter
+
+
+def _progress(verbose, label, total):
+    def log(done):
+        if verbose:
+            print(f"[skvif] {label}: {done}/{total} units", file=sys.stderr)
+    return log

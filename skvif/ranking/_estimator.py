@@ -89,8 +89,9 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         (a feature that orders every list perfectly), so keep ``alpha > 0``
         unless the data are known to be non-separable.
     tol : float, default=1e-9
-        Newton's method stops once a full step moves no coefficient by more
-        than ``tol * (1 + max |coef|)``.
+        Newton's method stops once a full step, in the Hessian's units
+        (``|step_j| sqrt(H_jj)``), is at most ``tol * (1 + max_j |coef_j|
+        sqrt(H_jj))``: the fit does not depend on the units of the columns.
     max_iter : int, default=100
         Maximum number of Newton iterations (a ``ConvergenceWarning`` is
         raised when reached).
@@ -217,6 +218,8 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         self._row_labels = labels
         self._lists = Lists(X, y, qid)  # the training data, kept for influence_
         self.queries_ = self._lists.queries
+        # the objective is fixed at fit: set_params afterwards changes the next fit only
+        self._loss, self._alpha = self.loss, float(self.alpha)
 
         P, n_iter, converged = minimize(
             self._objective(), np.zeros((1, X.shape[1])), np.ones((1, n)),
@@ -225,7 +228,7 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         self.n_iter_ = int(n_iter[0])
         # a shift of a column inside a query changes no listwise loss: with alpha = 0
         # a column constant within every query is not identifiable
-        self._collinear = ([] if self.alpha > 0 else
+        self._collinear = ([] if self._alpha > 0 else
                            collinear_columns(X, feature_names(self), groups=qid))
         if self._collinear:
             warnings.warn(collinearity_message(
@@ -239,7 +242,7 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         return self
 
     def _objective(self):
-        return partial(objective, lists=self._lists, loss=self.loss, alpha=float(self.alpha))
+        return partial(objective, lists=self._lists, loss=self._loss, alpha=self._alpha)
 
     # -------------------------------------------------------------- predict
     def predict(self, X):
@@ -412,17 +415,17 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
                     raise ValueError("target='loss' needs X, y and qid.")
                 test = Lists(X_new, _check_labels(y, X_new.shape[0]),
                              _check_qid(qid, X_new.shape[0]))
-                spec["target"] = partial(test_losses, lists=test, loss=self.loss)
+                spec["target"] = partial(test_losses, lists=test, loss=self._loss)
                 columns = pd.Index(test.queries, name="query")
         if method in ("vif", "newton"):
-            spec["derivatives"] = LocalChanges(lists, self.loss, self.coef_)
+            spec["derivatives"] = LocalChanges(lists, self._loss, self.coef_)
         elif method == "if" and unit == "query":
-            spec["loss_if"] = partial(query_weighted_objective, lists=lists, loss=self.loss,
-                                      alpha=float(self.alpha))
+            spec["loss_if"] = partial(query_weighted_objective, lists=lists, loss=self._loss,
+                                      alpha=self._alpha)
         refine = check_refine(refine, len(units))
         options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
                        tol=min(self.tol, 1e-10), max_iter=self.max_iter, verbose=verbose,
-                       strongly_convex=self.alpha > 0, **spec)
+                       strongly_convex=self._alpha > 0, **spec)
         result = influence(self._objective(), self.coef_.copy(), n, units, method=method,
                            **options)
         is_exact = np.full(len(units), method == "loo")
@@ -432,7 +435,8 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
             result, is_exact = refine_rows(result, refine, lambda top: influence(
                 self._objective(), self.coef_.copy(), n, [units[i] for i in top],
                 method="loo", **options), scale)
-        out = pd.DataFrame(result, index=index, columns=columns) if as_frame else result
+        out = (pd.DataFrame(result, index=index.copy(), columns=columns.copy()) if as_frame
+               else result)  # (copies: renaming a result's index renames nothing else)
         return with_exactness(out, is_exact, index, as_frame, refine, return_exact)
 
     def robustness_(self, feature, *, unit="item", method="vif", max_fraction=0.1):
@@ -476,11 +480,11 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         else:
             units = [lists.index[q, lists.valid[q] > 0] for q in range(lists.n_queries)]
             labels = lists.queries
-        derivatives = LocalChanges(lists, self.loss, self.coef_) if method != "if" else None
+        derivatives = LocalChanges(lists, self._loss, self.coef_) if method != "if" else None
         problem = _Problem(self._objective(), self.coef_.copy(), lists.n_samples, units,
                            lambda th: th[j], None, method=method, batched=True,
                            derivatives=derivatives, loss_if=None, damping=0.0,
                            tol=min(self.tol, 1e-10), max_iter=self.max_iter,
-                           strongly_convex=self.alpha > 0)
+                           strongly_convex=self._alpha > 0)
         return search_all(problem, ("sign",), 0.05, list(labels), max_fraction,
                           str(names[j]), "items" if unit == "item" else "queries")

@@ -17,17 +17,39 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
                      check_labels, collinear_columns, collinearity_message, feature_names,
                      row_labels, units_from_groups, validate_X)
-from .._engine import HessianSolver, check_choice, check_units, influence, minimize
+from .._engine import _as_batched, _full_hessian, check_choice, check_units, influence, minimize
 from .._robustness import (_Problem, check_goals, check_refine, check_robustness_options,
                            hessian_standard_error, parameter_scale, refine_rows, search_all,
                            with_exactness)
+from ._attributes import LifelinesAttributesMixin
+from ._bridge import FittedElsewhereMixin
 from ._fast import CoxDerivatives
+from ._formula import check_no_factors, complete_cases
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
 
 __all__ = ["CoxPHInfluence", "check_survival_y"]
 
 TARGETS = ("coef", "predict", "survival", "loss")
+SCALES = ("raw", "se")
+
+# column names read as the event indicator / the time of a 2-column y (lower case)
+EVENT_NAMES = ("event", "events", "status", "arrest", "cens", "death", "dead", "died",
+               "fail", "failure", "failed", "delta", "observed", "e", "d")
+TIME_NAMES = ("time", "times", "duration", "durations", "week", "weeks", "day", "days",
+              "month", "months", "year", "years", "t", "futime", "stop", "tte", "lenfol",
+              "survival_time", "time_to_event")
+
+
+def _event_time_by_name(names):
+    """``(event name, time name)`` when the two names are recognisable, else ``None``."""
+    if names is None or len(names) != 2:
+        return None
+    lower = [str(name).lower() for name in names]
+    for event, time in ((0, 1), (1, 0)):
+        if lower[event] in EVENT_NAMES and lower[time] in TIME_NAMES:
+            return names[event], names[time]
+    return None
 
 
 def check_survival_y(y, n_samples=None):
@@ -38,7 +60,10 @@ def check_survival_y(y, n_samples=None):
     y : structured array, array-like of shape (n, 2) or DataFrame
         A structured array with a boolean event field then a float time field
         (as ``sksurv.util.Surv.from_arrays(event, time)`` makes; any names), or
-        two columns ``[time, event]``.
+        two columns ``[time, event]``. Fields or DataFrame columns with
+        recognisable names (``event``, ``status``, ``arrest``, ``cens``,
+        ``death``, ... and ``time``, ``duration``, ``week``, ``days``, ...;
+        see ``EVENT_NAMES`` and ``TIME_NAMES``) are read by name, in either order.
     n_samples : int, default=None
         Expected number of rows.
 
@@ -54,7 +79,12 @@ def check_survival_y(y, n_samples=None):
     if names is not None:
         if len(names) != 2:
             raise ValueError(f"Structured y must have 2 fields (event, time), got {names}.")
-        event, time = np.asarray(y[names[0]]), np.asarray(y[names[1]])
+        event_name, time_name = _event_time_by_name(list(names)) or names
+        event, time = np.asarray(y[event_name]), np.asarray(y[time_name])
+    elif _event_time_by_name(list(getattr(y, "columns", []))) is not None:
+        event_name, time_name = _event_time_by_name(list(y.columns))
+        event, time = y[event_name].to_numpy(), y[time_name].to_numpy()
+        names = (event_name, time_name)
     else:
         arr = y.to_numpy() if hasattr(y, "to_numpy") else np.asarray(y)
         if arr.ndim != 2 or arr.shape[1] != 2:
@@ -72,10 +102,13 @@ def check_survival_y(y, n_samples=None):
         raise TypeError(f"Survival times and event indicators must be numeric: {exc}") from None
     if not np.all(np.isin(event_float, (0.0, 1.0))):
         bad = event_float[~np.isin(event_float, (0.0, 1.0))][0]
-        where = ("its first field" if names is not None
-                 else "the second column of a 2-column y [time, event]")
+        where = (f"field or column {names[0]!r}" if names is not None else
+                 "the second column of a 2-column y [time, event]")
+        if names is None and hasattr(y, "columns"):
+            where += (f", read by position because its column names "
+                      f"{', '.join(map(repr, y.columns))} are not recognised as event and time")
         raise ValueError(f"The event indicator ({where}) must be boolean or 0/1, "
-                         f"got {bad:g}.")
+                         f"got {float(bad)!r}.")
     if not np.all(np.isfinite(time)):
         raise ValueError("Survival times contain NaN or infinite values.")
     if np.any(time < 0):
@@ -86,6 +119,25 @@ def check_survival_y(y, n_samples=None):
     if not event.any():
         raise ValueError("All observations are censored: at least one event is needed.")
     return event, time
+
+
+def _check_clusters(n_clusters, n_features):
+    """The sandwich variance needs more clusters than coefficients.
+
+    The cluster influences sum to ``H^-1 grad J = 0`` at the fit, so ``D.T @ D``
+    has rank at most ``n_clusters - 1``: one cluster gives zero variance, and
+    at most ``n_features`` clusters a singular one (R reports both silently).
+    """
+    if n_clusters < 2:
+        raise ValueError("summary(robust=True) with a single cluster: the robust variance "
+                         "is zero by construction (the cluster's score is the total score, "
+                         "0 at the fit). Use robust=False or more clusters.")
+    if n_clusters <= n_features:
+        warnings.warn(f"summary(robust=True) with {n_clusters} clusters for {n_features} "
+                      f"coefficients: the robust covariance has rank at most "
+                      f"{n_clusters - 1} (singular), so its standard errors and p-values "
+                      "are not meaningful. Use robust=False or more clusters.",
+                      UserWarning, stacklevel=3)
 
 
 def _optional_rows(values, n_samples, name, dtype=None):
@@ -119,7 +171,8 @@ def _test_loss_target(params, *, X, risk_sets, ties):
                                            ties)[None]
 
 
-class CoxPHInfluence(FittedInputMixin, BaseEstimator):
+class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInputMixin,
+                     BaseEstimator):
     r"""Cox proportional hazards model with influence diagnostics.
 
     Fits the Cox model by Newton's method and reports how each training row (or
@@ -133,10 +186,18 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     alpha : float, default=0.0
         Ridge penalty on the coefficients, see Notes.
     tol : float, default=1e-9
-        Newton's method stops once a full step changes no coefficient by more
-        than ``tol * (1 + max |coef|)``.
+        Newton's method stops once a full step, in the Hessian's units
+        (``|step_j| sqrt(H_jj)``), is at most ``tol * (1 + max_j |coef_j|
+        sqrt(H_jj))``: the fit does not depend on the units of the columns.
     max_iter : int, default=100
         Maximum number of Newton iterations.
+    missing : {"raise", "drop"}, default="raise"
+        Rows with a missing value (NaN or None) in ``X``, ``y``,
+        ``sample_weight``, ``strata`` or ``entry``: ``"raise"`` refuses them
+        (naming where and how many), ``"drop"`` leaves them out with a warning
+        (R's default ``na.omit``; the kept rows keep their labels, or their
+        positions for arrays, in every output). :func:`skvif.survival.coxph`
+        drops by default, as R.
 
     Attributes
     ----------
@@ -152,6 +213,24 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         one column per stratum.
     log_likelihood_ : float
         Log partial likelihood at ``coef_`` (penalty excluded).
+    dropped_rows_ : pandas.Index
+        Labels of the rows left out for missing values (``missing="drop"``).
+    params_, hazard_ratios_, standard_errors_ : pandas.Series
+        ``coef_``, ``exp(coef_)`` and the standard errors, indexed by feature,
+        as lifelines names them (computed when first read).
+    variance_matrix_ : pandas.DataFrame
+        Inverse Hessian of the objective at ``coef_`` (R's ``fit$var``).
+    confidence_intervals_ : pandas.DataFrame
+        95% Wald intervals (``"95% lower-bound"``, ``"95% upper-bound"``).
+    concordance_index_ : float
+        Harrell's concordance on the training data.
+
+    See Also
+    --------
+    skvif.survival.coxph : Fit from an R-style formula on a DataFrame (factors,
+        strata, missing values).
+    CoxPHInfluence.from_lifelines, CoxPHInfluence.from_sksurv : The same model
+        from a fit by lifelines or scikit-survival.
 
     Notes
     -----
@@ -181,6 +260,22 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     s_j^2` in original units. On columns with :math:`s_j = 1`,
     ``CoxPHInfluence(alpha=n * c)`` fits the same coefficients.
 
+    **Factors.** ``fit`` takes numbers only. For string or ``category``
+    columns, use the formula interface (``coxph("Surv(time, event) ~ .",
+    data)``), or encode them in a pipeline with treatment coding::
+
+        from sklearn.compose import make_column_transformer
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder
+
+        encode = make_column_transformer(
+            (OneHotEncoder(drop="first", sparse_output=False), ["horTh", "tgrade"]),
+            remainder="passthrough", verbose_feature_names_out=False)
+        X_encoded = encode.fit_transform(X)   # pandas output with set_output
+        model = CoxPHInfluence().fit(X_encoded, y)
+
+    (``encode.set_output(transform="pandas")`` keeps the column names.)
+
     **Sign.** ``influence_`` reports the change *upon removal*,
     :math:`\hat\beta_{(-i)} - \hat\beta`; lifelines' ``delta_beta`` residuals and
     R's ``dfbeta`` report :math:`\hat\beta - \hat\beta_{(-i)}`.
@@ -203,13 +298,15 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         "alpha": [Interval(Real, 0, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "missing": [StrOptions({"raise", "drop"})],
     }
 
-    def __init__(self, *, ties="efron", alpha=0.0, tol=1e-9, max_iter=100):
+    def __init__(self, *, ties="efron", alpha=0.0, tol=1e-9, max_iter=100, missing="raise"):
         self.ties = ties
         self.alpha = alpha
         self.tol = tol
         self.max_iter = max_iter
+        self.missing = missing
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -242,7 +339,9 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         self : CoxPHInfluence
         """
         self._validate_params()
-        labels = row_labels(X)
+        X, y, sample_weight, strata, entry, labels, dropped = complete_cases(
+            X, y, sample_weight, strata, entry, self.missing)
+        check_no_factors(X)
         X = validate_X(self, X, ensure_min_samples=2)
         n = X.shape[0]
         event, time = check_survival_y(y, n)
@@ -267,18 +366,23 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         self._time, self._event, self._case_weights = time, event, case_weights
         self._strata, self._entry = strata, entry
         self._row_labels = labels
+        self.dropped_rows_ = dropped
         self._risk_sets = RiskSets(time, event, entry, strata)
+        # the objective is fixed at fit: set_params afterwards changes the next fit only
+        self._ties, self._alpha = self.ties, float(self.alpha)
 
-        loss = self._loss()
+        # the fit minimizes J / s, s a power of two near the largest case weight (same
+        # minimizer, exactly): case weights of 1e-200 or 1e200 neither under- nor overflow
+        weight_scale = 2.0 ** np.round(np.log2(case_weights.max()))
         P, n_iter, converged = minimize(
-            loss, np.zeros((1, X.shape[1])), np.ones((1, n)),
+            self._loss(weight_scale=weight_scale), np.zeros((1, X.shape[1])), np.ones((1, n)),
             tol=self.tol, max_iter=self.max_iter)
         self.coef_ = P[0]
         self.n_iter_ = int(n_iter[0])
         # with alpha = 0, coefficients of collinear columns are not identifiable: say
         # so now, and refuse influence_/summary (whose Hessian is then singular, up to
         # rounding that would otherwise give meaningless huge numbers)
-        self._collinear = ([] if self.alpha > 0 else
+        self._collinear = ([] if self._alpha > 0 else
                            collinear_columns(X, feature_names(self), case_weights, strata))
         if self._collinear:
             warnings.warn(collinearity_message(
@@ -309,13 +413,15 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
                 "probably monotone (a covariate separates events from non-events). "
                 "Set a ridge penalty alpha.", ConvergenceWarning, stacklevel=2)
         self.log_likelihood_ = -float(negative_log_partial_likelihood(
-            self.coef_, case_weights, self._X, self._risk_sets, self.ties))
+            self.coef_, case_weights, self._X, self._risk_sets, self._ties))
         self.baseline_cumulative_hazard_ = self._baseline_frame()
         return self
 
-    def _loss(self, smooth=False):
-        return partial(_unit_loss, X=self._X, risk_sets=self._risk_sets, ties=self.ties,
-                       alpha=self.alpha, case_weights=self._case_weights, smooth=smooth)
+    def _loss(self, smooth=False, weight_scale=1.0):
+        """The fitted objective (divided by ``weight_scale``), in the engine's form."""
+        return partial(_unit_loss, X=self._X, risk_sets=self._risk_sets, ties=self._ties,
+                       alpha=self._alpha / weight_scale,
+                       case_weights=self._case_weights / weight_scale, smooth=smooth)
 
     def _baseline_frame(self):
         rs = self._risk_sets
@@ -390,6 +496,8 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         times = np.atleast_1d(np.asarray(times, dtype=float))
         if times.ndim != 1 or not np.all(np.isfinite(times)):
             raise ValueError("times must be a 1-D array of finite values.")
+        if times.size == 0:
+            raise ValueError("times is empty: pass at least one time.")
         return times
 
     def predict_survival_function(self, X, times, *, strata=None):
@@ -417,7 +525,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
     # ------------------------------------------------------------ influence
     def influence_(self, X=None, y=None, *, target="coef", method="vif", groups=None,
                    times=None, strata=None, as_frame=False, solver="auto", damping=0.0,
-                   n_jobs=None, verbose=0, refine=None, return_exact=False):
+                   n_jobs=None, verbose=None, scale="raw", refine=None, return_exact=False):
         r"""Estimated change of a fitted quantity when each training row is removed.
 
         Parameters
@@ -453,8 +561,18 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         damping : float, default=0.0
         n_jobs : int, default=None
             Number of joblib workers over chunks of units.
-        verbose : int, default=0
-            Print progress to stderr.
+        verbose : int, bool or None, default=None
+            Progress bar on stderr over the units (refits, Newton steps):
+            ``None`` shows one when stderr is a terminal and the run lasts
+            more than 2 s, ``0`` never, ``1`` always (see
+            :mod:`skvif._progress`).
+        scale : {"raw", "se"}, default="raw"
+            ``"se"`` (``target="coef"`` only) divides each coefficient's change
+            by its standard error, ``standard_errors_``: R's
+            ``residuals(fit, type="dfbetas")`` up to the sign (statsmodels'
+            ``dfbetas`` for linear models, which also uses the leave-out
+            residual scale). A readable size: about 1 is a change of one
+            standard error.
         refine : int, default=None
             After the estimate for every unit, recompute the ``refine`` units
             with the largest estimated change by exact refit (only those
@@ -481,6 +599,12 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         """
         check_is_fitted(self)
         check_choice(target, "target", TARGETS)
+        check_choice(scale, "scale", SCALES)
+        if scale == "se":
+            return self._dfbetas(groups=groups, method=method, as_frame=as_frame,
+                                 solver=solver, damping=damping, n_jobs=n_jobs,
+                                 verbose=verbose, target=target, refine=refine,
+                                 return_exact=return_exact)
         damping = check_influence_options(method, solver, damping)
         check_identifiable(self, damping)
         n = self._X.shape[0]
@@ -510,7 +634,7 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
                 event, time = check_survival_y(y, X_new.shape[0])
                 codes = None if self._strata_labels is None else self._strata_codes(
                     strata, X_new.shape[0])
-                spec["target"] = partial(_test_loss_target, X=X_new, ties=self.ties,
+                spec["target"] = partial(_test_loss_target, X=X_new, ties=self._ties,
                                          risk_sets=RiskSets(time, event, None, codes))
         # closed forms in O(n p): R's dfbeta by prefix sums ("if", any units), exact
         # leave-one-row-out gradient and Hessian changes ("vif", "newton": single
@@ -518,11 +642,11 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         if method == "if" or (method in ("vif", "newton") and groups is None
                               and self._entry is None):
             spec["derivatives"] = CoxDerivatives(self.coef_, self._X, self._risk_sets,
-                                                 self._case_weights, self.ties)
+                                                 self._case_weights, self._ties)
         refine = check_refine(refine, len(units))
         options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
                        loss_if=self._loss(smooth=True), tol=self.tol, max_iter=self.max_iter,
-                       verbose=verbose, strongly_convex=self.alpha > 0, **spec)
+                       verbose=verbose, strongly_convex=self._alpha > 0, **spec)
         result = influence(loss, self.coef_.copy(), n, units, method=method, **options)
         is_exact = np.full(len(units), method == "loo")
         if refine and method != "loo":
@@ -535,9 +659,10 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         index = group_labels if group_labels is not None else self._row_labels
         if target == "loss":
             result = result[:, 0]
-            out = pd.Series(result, index=index, name="loss") if as_frame else result
+            out = pd.Series(result, index=index.copy(), name="loss") if as_frame else result
         elif as_frame:
-            out = pd.DataFrame(result, index=index, columns=columns)
+            # (copies: renaming a result's index renames nothing else)
+            out = pd.DataFrame(result, index=index.copy(), columns=columns.copy())
         elif target == "survival":
             out = result.reshape(len(units), X_new.shape[0], len(times))
         else:
@@ -599,15 +724,35 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
         derivatives = None
         if method == "if" or (groups is None and self._entry is None):
             derivatives = CoxDerivatives(self.coef_, self._X, self._risk_sets,
-                                         self._case_weights, self.ties)
+                                         self._case_weights, self._ties)
         loss = self._loss()
         problem = _Problem(loss, self.coef_.copy(), n, units, lambda th: th[j],
                            hessian_standard_error(loss, j, batched=True), method=method,
                            batched=True, derivatives=derivatives,
                            loss_if=self._loss(smooth=True), damping=0.0, tol=self.tol,
-                           max_iter=self.max_iter, strongly_convex=self.alpha > 0)
+                           max_iter=self.max_iter, strongly_convex=self._alpha > 0)
         return search_all(problem, goals, alpha_level, labels, max_fraction, str(names[j]),
                           "rows" if groups is None else "groups")
+
+    def _dfbetas(self, *, target, **options):
+        if target != "coef":
+            raise ValueError(f"scale='se' applies to target='coef' only, got {target!r}.")
+        change = self.influence_(**options)
+        se = self.standard_errors_ if options["as_frame"] else self.standard_errors_.to_numpy()
+        if options["return_exact"]:
+            return change[0] / se, change[1]
+        return change / se
+
+    def _hessian(self):
+        """The full-data Hessian ``(p, p)`` of the objective at ``coef_`` (penalty included).
+
+        The one place it is formed: ``variance_matrix_`` (and from it
+        ``summary``, ``standard_errors_`` and the rest) goes through here.
+        """
+        derivatives = CoxDerivatives(self.coef_, self._X, self._risk_sets,
+                                     self._case_weights, self._ties)
+        return _full_hessian(_as_batched(self._loss(), True), self.coef_, self._X.shape[0],
+                             derivatives)
 
     # -------------------------------------------------------------- summary
     def summary(self, *, robust=False, groups=None, ci=0.95):
@@ -649,15 +794,12 @@ class CoxPHInfluence(FittedInputMixin, BaseEstimator):
             raise ValueError(f"ci must be in (0, 1), got {ci!r}.")
         if robust:
             D = self.influence_(method="if", groups=groups)
+            _check_clusters(D.shape[0], self.coef_.size)
             cov = D.T @ D
         else:
             if groups is not None:
                 raise ValueError("groups is only used with robust=True.")
-            check_identifiable(self, 0.0)
-            p = self.coef_.size
-            hess = HessianSolver(self._loss(), self.coef_, np.ones(self._X.shape[0]),
-                                 solver="direct")
-            cov = hess.solve(np.eye(p))
+            cov = self.variance_matrix_.to_numpy()
         se = np.sqrt(np.diag(cov))
         z = self.coef_ / se
         q = stats.norm.ppf(0.5 + ci / 2)
