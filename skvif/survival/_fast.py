@@ -34,6 +34,8 @@ _RATIO = 0.1        # series terms are used only where r / a <= _RATIO
 _TERMS = 16         # _RATIO ** _TERMS ~ 1e-16: the truncation is below rounding
 _OUTLIER_QUANTILE = 0.99
 _CHUNK = 2**21
+_DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot
+_EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
 
 
 def _slots(rs, S0, S1, D0, D1, W, n_present, ties):
@@ -67,19 +69,59 @@ def _own_group_change(rs, X, w, r, S0, S1, D0, D1, W, n_present, ties, a, m, c, 
         safe = np.where(rest > 0, s0, 1.0)
         after = np.where((rest > 0)[:, None], rest[:, None] * s1 / safe[:, None], 0.0)
     else:
-        # sum_{k < d'} (s1 - f_k d1) / (s0 - f_k d0), f_k = k / d', in closed form:
-        # sum_k 1 / (s0 - f_k d0) = (d' / d0) (psi(z + 1) - psi(z - d' + 1)), z = d' s0 / d0
+        # sum_{k < d'} (s1 - f_k d1) / (s0 - f_k d0), f_k = k / d'
         d_new = n_present[gid] - 1
         some = d_new > 0
         d0 = np.where(some, D0[gid] - ru, 1.0)
         d1 = D1[:, gid].T - ru[:, None] * xu
-        z = d_new * s0 / d0
-        inv_sum = np.where(some, d_new / d0 * (digamma(z + 1) - digamma(z - d_new + 1)), 0.0)
-        frac_sum = np.where(some, (s0 * inv_sum - d_new) / d0, 0.0)
+        inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), d0, d_new)
         mean_weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
         after = mean_weight[:, None] * (s1 * inv_sum[:, None] - d1 * frac_sum[:, None])
     out[dead] = -wu[:, None] * xu + before - after
     return out
+
+
+def _efron_sums(s0, d0, d):
+    """``sum_{k<d} 1 / (s0 - f_k d0)`` and ``sum_{k<d} f_k / (s0 - f_k d0)``, ``f_k = k / d``.
+
+    Summed slot by slot for small ``d``; for large ``d`` a series in
+    ``d0 / s0`` with exact power sums of ``k / d`` when that ratio is small,
+    the digamma closed form otherwise. The closed form alone cancels
+    catastrophically when ``d0 << s0`` (low-risk tied deaths).
+    """
+    d = d.astype(np.intp)
+    inv_sum = np.zeros(s0.shape, dtype=np.result_type(s0, d0))
+    frac_sum = np.zeros_like(inv_sum)
+    small = np.flatnonzero((d > 0) & (d <= _DIRECT))
+    for k in range(int(d[small].max()) if small.size else 0):
+        rows = small[d[small] > k]
+        f = k / d[rows]
+        term = 1.0 / (s0[rows] - f * d0[rows])
+        inv_sum[rows] += term
+        frac_sum[rows] += f * term
+    large = np.flatnonzero(d > _DIRECT)
+    ratio = d0[large] / s0[large]
+    near = np.abs(ratio) <= 0.5
+    series = large[near]
+    for size in np.unique(d[series]):
+        rows = series[d[series] == size]
+        q = ratio[near][d[series] == size]
+        f = np.arange(size) / size
+        power = np.ones(size)                       # f ** j
+        qj = np.ones_like(q)                        # q ** j
+        for _ in range(_EFRON_TERMS):
+            inv_sum[rows] += qj * power.sum()
+            frac_sum[rows] += qj * (power * f).sum()
+            power = power * f
+            qj = qj * q
+        inv_sum[rows] /= s0[rows]
+        frac_sum[rows] /= s0[rows]
+    far = large[~near]
+    if far.size:
+        dd, z = d[far], d[far] * s0[far] / d0[far]
+        inv_sum[far] = dd / d0[far] * (digamma(z + 1) - digamma(z - dd + 1))
+        frac_sum[far] = (s0[far] * inv_sum[far] - dd) / d0[far]
+    return inv_sum, frac_sum
 
 
 def _exact_pairs(rows, slot_cols, lo, hi, r, X, a, m, c, out):
@@ -193,7 +235,7 @@ def gradient_changes(params, X, rs, case_weights, ties):
     size = r.real
     r_cut = np.quantile(size[size > 0], _OUTLIER_QUANTILE)
     outliers = np.flatnonzero(size > r_cut)
-    _exact_pairs(outliers, np.arange(a.size), lo, hi, r, X, a, m, c, out)
+    _exact_pairs(outliers, np.flatnonzero(c != 0), lo, hi, r, X, a, m, c, out)
 
     # the others: slots with a small risk-set sum exactly, the rest by the series
     regular = np.flatnonzero((size <= r_cut) & (size > 0))
