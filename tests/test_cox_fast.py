@@ -1,0 +1,141 @@
+"""The O(n p) Cox closed forms (skvif/survival/_fast.py) against the generic autograd path."""
+
+import warnings
+
+import numpy as np
+import pytest
+from autograd import grad, hessian, jacobian
+from hypothesis import Phase, given, settings, strategies as st
+
+from skvif import _engine
+from skvif.survival import CoxPHInfluence
+from skvif.survival._fast import gradient_changes, hessian_changes, weight_derivatives
+
+
+def _generic_vif(model, n):
+    return np.asarray(_engine.influence(model._loss(), model.coef_, n,
+                                        [[i] for i in range(n)], method="vif", batched=True))
+
+
+def test_efron_low_risk_tied_deaths_match_refits():
+    # issue 11 item 1: two tied first deaths with very low risk (digamma cancellation)
+    rng = np.random.default_rng(1)
+    n = 3000
+    X = rng.normal(size=(n, 1))
+    t = rng.exponential(np.exp(-X[:, 0]))
+    c = rng.exponential(3, n)
+    time, event = np.minimum(t, c) + 0.01, t <= c
+    X[:2, 0] = -30.0
+    time[:2] = 0.001
+    event[:2] = True
+    m = CoxPHInfluence().fit(X, np.c_[time, event])
+    refit = m.influence_(method="loo", groups=np.arange(n))[:2, 0]   # generic exact refits
+    np.testing.assert_allclose(m.influence_()[:2, 0], refit, rtol=5e-3)
+    np.testing.assert_allclose(m.influence_(method="newton")[:2, 0], refit, rtol=5e-3)
+    np.testing.assert_allclose(m.influence_()[:2], _generic_vif(m, n)[:2], rtol=1e-9)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_zero_weight_event_row_matches_generic(ties):
+    # issue 11 item 5: a zero-weight death at the first event time gave 0/0 for the top-risk row
+    rng = np.random.default_rng(0)
+    n = 200
+    X = rng.normal(size=(n, 2))
+    time = rng.exponential(size=n)
+    event = rng.random(n) < 0.7
+    w = np.ones(n)
+    deaths = np.flatnonzero(event)
+    w[deaths[np.argmin(time[deaths])]] = 0.0
+    m = CoxPHInfluence(ties=ties).fit(X, np.c_[time, event], sample_weight=w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = np.asarray(m.influence_())
+    generic = _generic_vif(m, n)
+    assert np.isfinite(fast).all()
+    np.testing.assert_allclose(fast, generic, rtol=1e-9, atol=1e-12 * np.abs(generic).max())
+
+
+def _adversarial(seed, n, ties_level, big_group, eta_max, n_strata):
+    rng = np.random.default_rng(seed)
+    units = 10.0 ** rng.uniform(-6, 6, size=3)
+    X = rng.normal(size=(n, 3)) * units
+    time = rng.exponential(size=n)
+    if ties_level:
+        time = np.ceil(time * ties_level) / ties_level
+    if big_group:
+        time[:big_group] = np.median(time)
+    event = rng.random(n) < 0.7
+    if big_group:
+        event[:big_group] = True
+    w = rng.choice([0.0, 0.5, 1.0, 2.5], size=n, p=[0.1, 0.2, 0.5, 0.2])
+    strata = rng.integers(n_strata, size=n)
+    return X, np.c_[time, event], w, strata, units, rng
+
+
+def _at_params(model, units, eta_max, rng):
+    """Params with max |x beta| = eta_max on the model's (centered) design."""
+    beta = rng.normal(size=units.size) / units
+    eta = model._X @ beta
+    return beta * eta_max / np.abs(eta).max()
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.generate])
+@given(seed=st.integers(0, 2**16), ties_level=st.sampled_from([0, 2, 20]),
+       big_group=st.sampled_from([0, 30]), eta_max=st.sampled_from([1.0, 20.0]),
+       n_strata=st.sampled_from([1, 3]), ties=st.sampled_from(["efron", "breslow"]))
+def test_closed_forms_match_autograd(seed, ties_level, big_group, eta_max, n_strata, ties):
+    n = 50
+    X, y, w, strata, units, rng = _adversarial(seed, n, ties_level, big_group, eta_max, n_strata)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = CoxPHInfluence(ties=ties).fit(X, y, sample_weight=w, strata=strata)
+    beta = _at_params(m, units, eta_max, rng)
+    args = (beta, m._X, m._risk_sets, m._case_weights, ties)
+    loss = m._loss()
+    g, H = grad(loss), hessian(loss)
+    ones = np.ones(n)
+    g_full, H_full = g(beta, ones), H(beta, ones)
+    g_ref = np.empty((n, beta.size))
+    H_ref = np.empty((n, beta.size, beta.size))
+    for u in range(n):
+        keep = ones.copy()
+        keep[u] = 0.0
+        g_ref[u], H_ref[u] = g_full - g(beta, keep), H_full - H(beta, keep)
+    scale_g = np.abs(g_ref).max(axis=0) + 1e-300           # per column: units differ by 1e12
+    scale_H = np.abs(H_ref).max(axis=0) + 1e-300
+    assert np.abs((gradient_changes(*args) - g_ref) / scale_g).max() < 1e-8
+    assert np.abs((hessian_changes(*args) - H_ref) / scale_H).max() < 1e-7
+    loss_if = m._loss(smooth=True)
+    D_ref = jacobian(lambda v: grad(loss_if)(beta, v))(ones)
+    scale_D = np.abs(D_ref).max(axis=1, keepdims=True) + 1e-300
+    assert np.abs((weight_derivatives(*args) - D_ref) / scale_D).max() < 1e-8
+
+
+@pytest.mark.parametrize("risk", [-30.0, 0.0, 3.0])
+def test_big_efron_tie_group_matches_autograd(risk):
+    # groups above the slot-by-slot size: the series in d0/s0 (low risk) and digamma (high risk)
+    rng = np.random.default_rng(3)
+    n, d = 200, 100
+    X = rng.normal(size=(n, 2))
+    time = rng.exponential(size=n) + 1.0
+    time[:d] = 0.5
+    X[:d, 0] += risk
+    event = rng.random(n) < 0.7
+    event[:d] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = CoxPHInfluence().fit(X, np.c_[time, event])
+    beta = m.coef_
+    g, ones = grad(m._loss()), np.ones(n)
+    g_full = g(beta, ones)
+    ref = np.array([g_full - g(beta, np.where(np.arange(n) == u, 0.0, 1.0)) for u in range(n)])
+    fast = gradient_changes(beta, m._X, m._risk_sets, m._case_weights, "efron")
+    assert np.abs((fast - ref) / np.abs(ref).max(axis=0)).max() < 1e-9
+
+
+@pytest.mark.xfail(strict=True, reason="open: at |x beta| = 50 with ties the fast gradient "
+                   "changes differ from autograd by 1.8e-5 of the largest change")
+def test_closed_forms_extreme_linear_predictor():
+    test_closed_forms_match_autograd.hypothesis.inner_test(
+        seed=342, ties_level=20, big_group=0, eta_max=50.0, n_strata=1, ties="efron")
