@@ -12,8 +12,8 @@ from sklearn.metrics import ndcg_score
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, _num_samples, check_is_fitted
 
-from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
-                     collinear_columns, collinearity_message, feature_names, row_labels,
+from .._base import (FittedInputMixin, FittedLinearMixin, check_identifiable,
+                     check_influence_options, collinear_columns, collinearity_message, feature_names, row_labels,
                      validate_X)
 from .._engine import check_choice, check_units, influence, minimize
 from .._robustness import (_Problem, check_refine, check_robustness_options, parameter_scale,
@@ -70,7 +70,7 @@ def _linear_target(params, *, X_new):
     return X_new @ params
 
 
-class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
+class ListwiseRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator):
     r"""Linear listwise learning-to-rank (ListNet or ListMLE) with influence.
 
     Fits linear scores ``s = X @ coef_`` (no intercept: a constant score does
@@ -183,14 +183,6 @@ class ListwiseRankerInfluence(FittedInputMixin, BaseEstimator):
         self.alpha = alpha
         self.tol = tol
         self.max_iter = max_iter
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        return tags
-
-    def __sklearn_is_fitted__(self):
-        return hasattr(self, "coef_")
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
