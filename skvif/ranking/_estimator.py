@@ -13,8 +13,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, _num_samples, check_is_fitted
 
 from .._base import (FittedInputMixin, FittedLinearMixin, check_identifiable,
-                     check_influence_options, collinear_columns, collinearity_message, feature_names, row_labels,
-                     validate_X)
+                     check_influence_options, collinear_columns, collinearity_message,
+                     feature_names, row_labels, validate_X)
 from .._engine import check_choice, check_units, influence, minimize
 from .._robustness import (_Problem, check_refine, check_robustness_options, parameter_scale,
                            refine_rows, search_all, with_exactness)
