@@ -155,8 +155,13 @@ def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=No
     """
     chunks = _chunks(units, n_samples, batched, size)
     if n_jobs is not None and n_jobs != 1 and len(chunks) > 1:
-        computed = Parallel(n_jobs=n_jobs, return_as="generator")(
-            delayed(func)(chunk) for _, chunk in chunks)
+        tasks = [delayed(func)(chunk) for _, chunk in chunks]
+        try:  # results as they come, for the progress bar
+            computed = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
+        except ValueError as exc:  # backends without generators (multiprocessing)
+            if "return_as" not in str(exc):
+                raise
+            computed = Parallel(n_jobs=n_jobs)(tasks)
     else:
         computed = (func(chunk) for _, chunk in chunks)
     results = []
