@@ -911,6 +911,12 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         Only with ``return_exact``: ``True`` for the units refined by exact
         refit (all of them with ``method="loo"``).
 
+    Raises
+    ------
+    TypeError
+        When autograd cannot differentiate the loss or the target (written
+        with ``math``, ``float()``, plain ``numpy`` on boxed values...).
+
     Warns
     -----
     UserWarning
@@ -920,12 +926,6 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         influence formulas, and ``"loo"``'s differences, assume fitted
         params). From 2000 parameters on only the second check is made (by
         conjugate gradients).
-
-    Raises
-    ------
-    TypeError
-        When autograd cannot differentiate the loss or the target (written
-        with ``math``, ``float()``, plain ``numpy`` on boxed values...).
 
     Notes
     -----
