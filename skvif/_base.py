@@ -1,5 +1,7 @@
 """Glue shared by the estimators: influence bookkeeping and DataFrame output."""
 
+from numbers import Integral
+
 import numpy as np
 import pandas as pd
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
@@ -166,6 +168,18 @@ def feature_names(estimator):
     if names is None:
         names = [f"x{j}" for j in range(estimator.n_features_in_)]
     return pd.Index(names)
+
+
+def feature_position(estimator, feature):
+    """Position of ``feature`` (a name or a position) among the fitted features."""
+    names = list(feature_names(estimator))
+    if isinstance(feature, Integral) and not isinstance(feature, bool):
+        if not 0 <= feature < len(names):
+            raise ValueError(f"feature {feature} is outside [0, {len(names)}).")
+        return int(feature)
+    if feature in names:
+        return names.index(feature)
+    raise ValueError(f"feature {feature!r} is not one of {list(map(str, names))}.")
 
 
 class FittedLinearMixin:

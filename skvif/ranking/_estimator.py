@@ -14,7 +14,7 @@ from sklearn.utils.validation import _check_sample_weight, _num_samples, check_i
 
 from .._base import (FittedInputMixin, FittedLinearMixin, check_identifiable,
                      check_influence_options, collinear_columns, collinearity_message,
-                     feature_names, row_labels, validate_X)
+                     feature_names, feature_position, row_labels, validate_X)
 from .._engine import check_choice, check_units, influence, minimize
 from .._robustness import (_Problem, check_refine, check_robustness_options, parameter_scale,
                            refine_rows, search_all, with_exactness)
@@ -457,15 +457,8 @@ class ListwiseRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator
         check_is_fitted(self)
         check_choice(unit, "unit", UNITS)
         check_robustness_options(0.05, max_fraction, method)
-        names = list(feature_names(self))
-        if isinstance(feature, Integral) and not isinstance(feature, bool):
-            if not 0 <= feature < len(names):
-                raise ValueError(f"feature {feature} is outside [0, {len(names)}).")
-            j = int(feature)
-        elif feature in names:
-            j = names.index(feature)
-        else:
-            raise ValueError(f"feature {feature!r} is not one of {list(map(str, names))}.")
+        names = feature_names(self)
+        j = feature_position(self, feature)
         lists = self._lists
         if unit == "item":
             units, labels = [np.array([i]) for i in range(lists.n_samples)], self._row_labels

@@ -16,7 +16,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
                      check_labels, collinear_columns, collinearity_message, feature_names,
-                     row_labels, units_from_groups, validate_X)
+                     feature_position, row_labels, units_from_groups, validate_X)
 from .._engine import _as_batched, _full_hessian, check_choice, check_units, influence, minimize
 from .._robustness import (_Problem, check_goals, check_refine, check_robustness_options,
                            hessian_standard_error, parameter_scale, refine_rows, search_all,
@@ -709,14 +709,7 @@ class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInput
         goals = check_goals(goals, True)
         check_identifiable(self, 0.0)
         names = feature_names(self)
-        if isinstance(feature, Integral) and not isinstance(feature, bool):
-            if not 0 <= feature < names.size:
-                raise ValueError(f"feature {feature} is outside [0, {names.size}).")
-            j = int(feature)
-        elif feature in list(names):
-            j = list(names).index(feature)
-        else:
-            raise ValueError(f"feature {feature!r} is not one of {list(map(str, names))}.")
+        j = feature_position(self, feature)
         n = self._X.shape[0]
         units, group_labels = units_from_groups(groups, n)
         units = check_units(units, n)
