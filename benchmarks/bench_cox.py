@@ -2,11 +2,23 @@
 
 Usage: ``python benchmarks/bench_cox.py [section ...]`` with sections
 ``rossi``, ``delta_beta`` (n=10,000), ``refits`` (n=2,000), ``large`` (n=100,000),
-``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all.
+``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all of those.
+``scale [n,p ...]`` (not in the default run: about 20 minutes) runs every tool in its own
+process at n = 1e4, 1e5, 1e6 with p = 20 and n = 1e5 with p = 100 (or the sizes given,
+e.g. ``scale 1e5,20``): skvif fit and fit + all-rows vif / if / newton, lifelines fit and
+fit + delta_beta, R ``coxph`` and ``residuals(fit, "dfbeta")`` (when ``Rscript`` and R's
+survival are installed), statsmodels ``PHReg``, scikit-survival; wall time and peak
+resident memory of each process.
 Every section prints its own ratios; nothing here is asserted.
 """
 
+import json
+import os
+import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -173,9 +185,137 @@ def solvers():
                   f"max |direct - cg| {agree:.1e}")
 
 
+# ---------------------------------------------------------------------------------------
+# scale: one process per tool and size
+# ---------------------------------------------------------------------------------------
+R_SCRIPT = """
+suppressMessages(library(survival))
+args <- commandArgs(trailingOnly = TRUE)
+d <- read.csv(args[1])
+f <- as.formula(paste("Surv(time, event) ~", paste(setdiff(names(d), c("time", "event")),
+                                                   collapse = " + ")))
+t0 <- proc.time()[["elapsed"]]
+fit <- coxph(f, data = d, ties = "efron")
+t1 <- proc.time()[["elapsed"]]
+if (args[2] == "dfbeta") { r <- residuals(fit, type = "dfbeta") }
+t2 <- proc.time()[["elapsed"]]
+cat(sprintf('{"fit": %.4f, "total": %.4f}\\n', t1 - t0, t2 - t0))
+"""
+
+NEWTON_MAX_ROWS = 100_000  # method="newton" is p gradient-change passes (see the note)
+
+
+def _worker(tool, n, p):
+    """Run one tool on the size's data in this process; print seconds as JSON."""
+    X, time_, event = survival_data(n, p, seed=5, n_times=max(100, n // 100))
+    y = np.c_[time_, event]
+    out = {}
+    start = time.perf_counter()
+    if tool.startswith("skvif"):
+        model = CoxPHInfluence().fit(X, y)
+        out["fit"] = time.perf_counter() - start
+        if tool != "skvif":
+            model.influence_(method=tool.split("-")[1], as_frame=False)
+            out["total"] = time.perf_counter() - start
+    elif tool.startswith("lifelines"):
+        cph, frame = lifelines_fit(X, time_, event)
+        out["fit"] = time.perf_counter() - start
+        if tool == "lifelines-delta_beta":
+            cph.compute_residuals(frame, "delta_beta")
+            out["total"] = time.perf_counter() - start
+    elif tool == "statsmodels":
+        from statsmodels.duration.hazard_regression import PHReg
+        PHReg(time_, X, status=event.astype(float), ties="efron").fit()
+        out["fit"] = time.perf_counter() - start
+    elif tool == "sksurv":
+        from sksurv.linear_model import CoxPHSurvivalAnalysis
+        from sksurv.util import Surv
+        CoxPHSurvivalAnalysis(ties="efron").fit(X, Surv.from_arrays(event, time_))
+        out["fit"] = time.perf_counter() - start
+    elif tool.startswith("R"):
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = os.path.join(tmp, "data.csv")
+            frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(p)])
+            frame["time"], frame["event"] = time_, event.astype(int)
+            frame.to_csv(csv, index=False)
+            script = os.path.join(tmp, "fit.R")
+            with open(script, "w") as fh:
+                fh.write(R_SCRIPT)
+            res = subprocess.run(["Rscript", script, csv, tool.split("-")[1]],
+                                 capture_output=True, text=True, check=True)
+            out.update(json.loads(res.stdout.strip().splitlines()[-1]))
+        out["peak_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out.setdefault("peak_mib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(json.dumps(out))
+
+
+def _run_tool(tool, n, p, timeout):
+    try:
+        res = subprocess.run([sys.executable, __file__, "_worker", tool, str(n), str(p)],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"> {timeout} s"}
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1][:60]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def scale(*sizes):
+    sizes = [tuple(int(float(v)) for v in s.split(",")) for s in sizes] or [
+        (10_000, 20), (100_000, 20), (1_000_000, 20), (100_000, 100)]
+    have_r = shutil.which("Rscript") is not None and subprocess.run(
+        ["Rscript", "-e", "library(survival)"], capture_output=True).returncode == 0
+    tools = ["skvif", "skvif-vif", "skvif-if", "skvif-newton", "lifelines",
+             "lifelines-delta_beta", "statsmodels", "sksurv"]
+    tools += ["R-fit", "R-dfbeta"] if have_r else []
+    print("== Cox at scale: wall seconds (peak resident MiB) per process; tied times "
+          "(n / 100 distinct), ~30 % censored ==")
+    if not have_r:
+        print("   (R's survival not installed: R columns skipped)")
+    previous = None
+    for n, p in sizes:
+        print(f"\n-- n = {n:,}, p = {p} --")
+        res = {}
+        for tool in tools:
+            if tool == "skvif-newton" and n > NEWTON_MAX_ROWS:
+                res[tool] = {"error": f"not run above n = {NEWTON_MAX_ROWS:,}"}
+            else:
+                res[tool] = _run_tool(tool, n, p, timeout=1800)
+            r = res[tool]
+            shown = (r["error"] if "error" in r else
+                     f"{r.get('total', r['fit']):8.2f} s  (fit {r['fit']:7.2f} s, "
+                     f"peak {r['peak_mib']:6.0f} MiB)")
+            print(f"{tool:22s} {shown}", flush=True)
+
+        def seconds(tool, key="total"):
+            r = res.get(tool, {})
+            return r.get(key, r.get("fit")) if "error" not in r else None
+
+        ours = seconds("skvif-vif")
+        for other, label in [("lifelines", "lifelines fit"),
+                             ("lifelines-delta_beta", "lifelines fit + delta_beta"),
+                             ("R-dfbeta", "R coxph + dfbeta"), ("R-fit", "R coxph fit"),
+                             ("statsmodels", "statsmodels PHReg fit"),
+                             ("sksurv", "scikit-survival fit")]:
+            theirs = seconds(other)
+            if ours and theirs:
+                print(f"  skvif fit + vif / {label:28s} = {ours / theirs:6.2f}")
+        if seconds("skvif-newton") and ours:
+            print(f"  skvif fit + newton / fit + vif = {seconds('skvif-newton') / ours:6.2f}")
+        if previous and previous[0][1] == p and ours:
+            print(f"  growth of skvif fit + vif per 10x n: {ours / previous[1]:.1f}x "
+                  f"(n log n would be {10 * np.log(n) / np.log(previous[0][0]):.1f}x)")
+        previous = ((n, p), ours)
+
+
 SECTIONS = {"rossi": rossi, "delta_beta": delta_beta, "refits": refits, "large": large,
             "newton": newton, "solvers": solvers}
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or SECTIONS:
-        SECTIONS[name]()
+    if sys.argv[1:2] == ["_worker"]:
+        _worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1:2] == ["scale"]:
+        scale(*sys.argv[2:])
+    else:
+        for name in sys.argv[1:] or SECTIONS:
+            SECTIONS[name]()

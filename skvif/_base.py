@@ -105,8 +105,11 @@ def collinear_columns(X, names, sample_weight=None, groups=None, rcond=1e-8):
     Z = Z[:, ~constant] / np.where(constant, 1.0, norms)[~constant]
     involved = constant.copy()
     if Z.shape[1]:
-        # thin SVD (U is n x min(n, p)); with fewer rows than columns the full
-        # right basis, whose extra rows are the null space
+        # with many rows, the SVD of the (p, p) triangular factor of a QR (same singular
+        # values and right vectors, without the (n, p) left ones); with fewer rows than
+        # columns the full right basis, whose extra rows are the null space
+        if Z.shape[0] > 2 * Z.shape[1]:
+            Z = np.linalg.qr(Z, mode="r")
         _, sv, Vt = np.linalg.svd(Z, full_matrices=Z.shape[0] < Z.shape[1])
         sv = np.concatenate([sv, np.zeros(Vt.shape[0] - sv.size)])
         null = Vt[sv <= rcond * sv[0]]

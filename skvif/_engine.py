@@ -81,6 +81,10 @@ class ModelDerivatives:
     ``preconditioner(damping) -> LinearOperator``
         An approximation of ``(H + damping I)^-1`` (symmetric positive
         definite) that the conjugate-gradient solver uses as its ``M``.
+    ``target_changes(units) -> (k, m)``
+        For a target that depends on the weights (``target_uses_weights``):
+        ``target(params, w^(-u)) - target(params, 1)`` at the fitted params,
+        the part of ``"vif"`` and ``"newton"`` that does not move the params.
     ``gradient_and_hessian(P, W) -> ((k, p), (k, p, p))``
         Gradients and Hessians of ``k`` problems with params ``P (k, p)``
         and weights ``W (k, n)`` (any weights, zeros deleting rows exactly as
@@ -666,7 +670,8 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         else:  # "if": derivative of the gradient in each weight (weight change -1)
             D = dgrad_dw() if dgrad_dw is not None else jacobian(
                 lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
-            R = np.stack([D[:, idx].sum(axis=1) for idx in units])
+            R = (D[:, units[:, 0]].T if isinstance(units, np.ndarray) else
+                 np.stack([D[:, idx].sum(axis=1) for idx in units]))
         # a unit whose removal leaves a non-finite loss or gradient gets NaN, not a
         # failed solve for all units (_finite_or_warn names it)
         bad = ~np.all(np.isfinite(R), axis=1)
@@ -680,7 +685,9 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         out[bad] = np.nan
 
     if target is not None and target_uses_weights:
-        out = out + _direct_part(quantity, theta, n, units, method)
+        closed_form = _provided(derivatives, "target_changes") if method != "if" else None
+        out = out + (closed_form(units) if closed_form is not None else
+                     _direct_part(quantity, theta, n, units, method, batched, n_jobs, verbose))
     return _finite_or_warn(out, method)
 
 
@@ -781,24 +788,33 @@ def _finite_or_warn(out, method):
     return out
 
 
-def _direct_part(quantity, theta, n, units, method):
-    """Change of a weight-dependent quantity at fixed params."""
+def _direct_part(quantity, theta, n, units, method, batched, n_jobs, verbose):
+    """Change of a weight-dependent quantity at fixed params, in chunks of units."""
     ones = np.ones(n)
     if method == "if":
         dq_dw = _jacobian(lambda w: anp.ravel(quantity(theta, w)), ones)  # (m, n)
         return -np.stack([dq_dw[:, idx].sum(axis=1) for idx in units])
     base = np.ravel(quantity(theta, ones))
-    W = _leave_out_weights(units, n)
-    return np.stack([np.ravel(quantity(theta, W[i])) for i in range(len(units))]) - base
+    change = partial(_quantity_change_chunk, quantity=quantity, theta=theta, n=n, base=base)
+    return _map_chunks(change, units, n, batched, n_jobs, verbose, "target at fixed params")
+
+
+def _quantity_change_chunk(chunk, *, quantity, theta, n, base):
+    W = _leave_out_weights(chunk, n)
+    return np.stack([np.ravel(quantity(theta, W[i])) for i in range(len(chunk))]) - base
 
 
 # --------------------------------------------------------------------------
 # public entry
 # --------------------------------------------------------------------------
 def check_units(units, n_samples, name="units"):
-    """Validate ``units``: None (each sample) or a list of index arrays."""
+    """Validate ``units``: None (each sample) or a list of index arrays.
+
+    Returns a list of index arrays, or for ``None`` an ``(n_samples, 1)``
+    array (one row per unit: sliced and iterated as the list would be).
+    """
     if units is None:
-        return [np.array([i]) for i in range(n_samples)]
+        return np.arange(n_samples)[:, None]
     if isinstance(units, np.ndarray) and units.ndim == 2:
         units = list(units)
     if not isinstance(units, (list, tuple)) or len(units) == 0:

@@ -17,13 +17,13 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
                      check_labels, collinear_columns, collinearity_message, feature_names,
                      feature_position, row_labels, units_from_groups, validate_X)
-from .._engine import _as_batched, _full_hessian, check_choice, check_units, influence, minimize
+from .._engine import check_choice, check_units, influence, minimize
 from .._robustness import (_Problem, check_goals, check_refine, check_robustness_options,
                            hessian_standard_error, parameter_scale, refine_rows, search_all,
                            with_exactness)
 from ._attributes import LifelinesAttributesMixin
 from ._bridge import FittedElsewhereMixin
-from ._fast import CoxDerivatives
+from ._fast import CoxCurvature, CoxDerivatives
 from ._formula import check_no_factors, complete_cases
 from ._objective import (RiskSets, breslow_cumulative_hazard,
                          negative_log_partial_likelihood, survival_probabilities)
@@ -376,7 +376,9 @@ class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInput
         weight_scale = 2.0 ** np.round(np.log2(case_weights.max()))
         P, n_iter, converged = minimize(
             self._loss(weight_scale=weight_scale), np.zeros((1, X.shape[1])), np.ones((1, n)),
-            tol=self.tol, max_iter=self.max_iter)
+            tol=self.tol, max_iter=self.max_iter, derivatives=CoxCurvature(
+                self._X, self._risk_sets, case_weights / weight_scale, self._ties,
+                self._alpha / weight_scale))
         self.coef_ = P[0]
         self.n_iter_ = int(n_iter[0])
         # with alpha = 0, coefficients of collinear columns are not identifiable: say
@@ -624,11 +626,12 @@ class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInput
                 spec["target"] = partial(_linear_target, X_new=X_new + self._mean)
             elif target == "survival":
                 times = self._check_times(times)
+                strata_new = self._strata_codes(strata, X_new.shape[0])
                 spec = {"target": partial(
                     _survival_target, X=self._X, risk_sets=self._risk_sets,
                     case_weights=self._case_weights, X_new=X_new,
-                    strata_new=self._strata_codes(strata, X_new.shape[0]), times=times),
-                    "target_uses_weights": True}
+                    strata_new=strata_new, times=times),
+                    "target_uses_weights": True, "survival": (X_new, strata_new, times)}
                 columns = pd.MultiIndex.from_product([labels, times], names=["row", "time"])
             else:
                 event, time = check_survival_y(y, X_new.shape[0])
@@ -636,13 +639,10 @@ class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInput
                     strata, X_new.shape[0])
                 spec["target"] = partial(_test_loss_target, X=X_new, ties=self._ties,
                                          risk_sets=RiskSets(time, event, None, codes))
-        # closed forms in O(n p): R's dfbeta by prefix sums ("if", any units), exact
-        # leave-one-row-out gradient and Hessian changes ("vif", "newton": single
-        # rows of right-censored data)
-        if method == "if" or (method in ("vif", "newton") and groups is None
-                              and self._entry is None):
-            spec["derivatives"] = CoxDerivatives(self.coef_, self._X, self._risk_sets,
-                                                 self._case_weights, self._ties)
+        # closed forms: the Hessian (dense solves, refits), R's dfbeta by prefix sums
+        # ("if", any units), exact leave-one-row-out gradient and Hessian changes ("vif",
+        # "newton": single rows of right-censored data)
+        spec["derivatives"] = self._derivatives(groups, spec.pop("survival", None))
         refine = check_refine(refine, len(units))
         options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
                        loss_if=self._loss(smooth=True), tol=self.tol, max_iter=self.max_iter,
@@ -714,10 +714,7 @@ class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInput
         units, group_labels = units_from_groups(groups, n)
         units = check_units(units, n)
         labels = list(group_labels if group_labels is not None else self._row_labels)
-        derivatives = None
-        if method == "if" or (groups is None and self._entry is None):
-            derivatives = CoxDerivatives(self.coef_, self._X, self._risk_sets,
-                                         self._case_weights, self._ties)
+        derivatives = self._derivatives(groups)
         loss = self._loss()
         problem = _Problem(loss, self.coef_.copy(), n, units, lambda th: th[j],
                            hessian_standard_error(loss, j, batched=True), method=method,
@@ -742,10 +739,14 @@ class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInput
         The one place it is formed: ``variance_matrix_`` (and from it
         ``summary``, ``standard_errors_`` and the rest) goes through here.
         """
-        derivatives = CoxDerivatives(self.coef_, self._X, self._risk_sets,
-                                     self._case_weights, self._ties)
-        return _full_hessian(_as_batched(self._loss(), True), self.coef_, self._X.shape[0],
-                             derivatives)
+        return self._derivatives(None).hessian()
+
+    def _derivatives(self, groups, survival=None):
+        """The closed forms at ``coef_`` (row changes for single rows without entry)."""
+        return CoxDerivatives(self.coef_, self._X, self._risk_sets, self._case_weights,
+                              self._ties, self._alpha,
+                              row_changes=groups is None and self._entry is None,
+                              survival=survival)
 
     # -------------------------------------------------------------- summary
     def summary(self, *, robust=False, groups=None, ci=0.95):

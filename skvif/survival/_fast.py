@@ -1,83 +1,320 @@
-"""Exact leave-one-row-out gradient changes of the Cox objective in ``O(n p)``.
+"""Closed forms of the Cox objective in ``O(n p)`` and ``O(n p^2)``.
 
-The versatile influence function needs, for every row ``u``, the gradient
-change ``g(beta; all) - g(beta; without u)``. The generic engine evaluates the
-``n`` leave-out gradients in vectorized batches (``O(n^2)`` work). Here the
-same numbers come from cumulative sums over the tie groups: removing a row
-that is at risk at a group (but does not die there) changes that group's
-gradient term by
+Everything here equals the autograd objective of :mod:`._objective` to
+rounding (the tests compare them) and is computed from sums over the tie
+groups after the one sort :class:`~._objective.RiskSets` does:
 
-    r_u * sum_k c_k (m_k - x_u) / (a_k - r_u),
+* the gradient and Hessian of the whole objective (the fit, its standard
+  errors and every exact refit): ``H = X^T diag(r_i (A_i - delta_i B_i)) X
+  - sum_s c_s m_s m_s^T + alpha I``, one matrix product;
+* exact leave-one-row-out gradient changes (``method="vif"``): removing a
+  row ``u`` that is at risk at slot ``s`` (but does not die there) changes
+  that slot's gradient term by
 
-with ``a_k`` the (Efron-adjusted) risk-set sum, ``m_k`` the weighted covariate
-mean and ``c_k`` the slot weight. ``1 / (a - r)`` is expanded as a geometric
-series in ``r / a``, whose partial sums over a row's risk interval are prefix
-sums; slots where ``r / a`` is not small (the last, nearly empty risk sets, and
-rows with an outlying risk score) are summed exactly in chunks. The row's own
-tie group (when it dies) is recomputed exactly, its Efron sum over the
-remaining tied deaths in closed form with the digamma function. The result equals the generic
-path to rounding (tests check 1e-10).
+      c_s r_u (x_u - m_s) / (a_s - r_u) = c_s r_u (x_u - m_s^(-u)) / a_s,
 
-Only right-censored data (no delayed entry) take this path: with entry times
-a risk interval does not start at the first event time and the prefix-sum
-differences would cancel catastrophically.
+  with ``a_s`` the (Efron-adjusted) risk-set sum, ``m_s`` its weighted
+  covariate mean (``m_s^(-u)`` without ``u``) and ``c_s`` the slot weight.
+
+Slots are ordered by time within a stratum and, without delayed entry,
+``a_s`` decreases along them, so for each row the slots where
+``r_u / a_s <= 0.02`` come first: there ``1 / (a_s - r_u)`` is a geometric
+series in ``r_u / a_s`` whose partial sums are prefix sums over the slots
+(normalized per block of slots, so that no power of ``a_s`` over- or
+underflows). The remaining slots of a row, found by binary search, are summed
+exactly; a slot can be one of those for at most about ``1 / 0.02`` rows (their
+risk scores add up to at most ``a_s``), so that part is ``O(n p)`` too.
+Where one row makes up most of a risk set, ``a_s - r_u`` would cancel: the
+sums over that risk set without its largest risk score are kept separately,
+accumulated without a subtraction, and used instead. A row's own tie group
+(when it dies) is recomputed exactly, its Efron sum over the remaining tied
+deaths slot by slot (or by a series, or the digamma closed form, for large
+groups).
+
+The gradient changes need right-censored data (no delayed entry): with entry
+times a row's slots do not start at its stratum's first event time.
 """
 
 import numpy as np
 from scipy.special import digamma
 
-from ._objective import stratum_max
+from ._objective import segment_cumsum, stratum_max, survival_probabilities
 
-__all__ = ["CoxDerivatives", "gradient_changes", "hessian_changes", "weight_derivatives"]
+__all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_changes",
+           "weight_derivatives", "gradient_and_hessian"]
 
-_RATIO = 0.1        # series terms are used only where r / a <= _RATIO
-_TERMS = 16         # _RATIO ** _TERMS ~ 1e-16: the truncation is below rounding
-_OUTLIER_QUANTILE = 0.99
-_CHUNK = 2**21
+_RATIO = 0.02       # series terms are used only where r / a <= _RATIO
+_TERMS = 10         # _RATIO ** _TERMS ~ 1e-17: the truncation is below rounding
+_BLOCK = 1e10       # risk-set sums within one normalization block differ by < this factor
+_PAIRS = 2**20      # exact (row, slot) pairs evaluated at once
+_ROWS = 2**16       # rows per chunk of the Hessian's matrix product
 _DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot
 _EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
+_CACHE_ELEMENTS = 2**25  # Hessian changes are computed for blocks of this many numbers
 
 
-def _slots(rs, S0, S1, D0, D1, W, n_present, ties):
-    """Per slot: denominator a, mean m (p, n_slots), weight c, and slot bounds per group."""
-    if ties == "breslow":
-        bounds = np.arange(len(S0) + 1)
-        a = np.where(W > 0, S0, 1.0)
-        return a, S1 / a, W, bounds
-    g, k = rs.slot_group, rs.slot_rank
-    d = n_present[g]
-    valid = k < d
-    frac = np.where(valid, k / np.maximum(d, 1), 0.0)
-    a = np.where(valid, S0[g] - frac * D0[g], 1.0)
-    m = (S1[:, g] - frac * D1[:, g]) / a
-    c = np.where(valid, W[g] / np.maximum(d, 1), 0.0)
-    return a, m, c, rs.death_bounds
+class _SortedDesign:
+    """``[1, X]`` with its rows in the orders the risk-set sums run over (sorted once).
+
+    Risk-set sums are then segment sums (``np.add.reduceat``) between
+    consecutive event times, accumulated over the groups of each stratum: no
+    running total over all rows and no subtraction across strata.
+    """
+
+    def __init__(self, X, rs):
+        self.X, self.rs = X, rs
+        ones = np.column_stack([np.ones(X.shape[0]), X])
+        self.time = self._segments(ones, rs.time_order, rs.time_lo, rs.time_hi)
+        self.entry = (self._segments(ones, rs.entry_order, rs.entry_lo, rs.entry_hi)
+                      if rs.has_entry else None)
+        self.deaths = ones[rs.deaths]
+
+    def _segments(self, ones, order, lo, hi):
+        rs = self.rs
+        starts = np.searchsorted(rs.row_stratum[order], np.arange(rs.n_strata))
+        cuts = np.unique(np.concatenate([starts, hi]))
+        cuts = cuts[cuts < rs.n_samples]
+        restart = np.searchsorted(cuts, np.unique(starts[starts < rs.n_samples]))
+        last = np.searchsorted(cuts, hi) - 1  # the segment that ends at hi
+        return ones[order], order, cuts, restart, np.where(hi > lo, last, -1)
+
+    @staticmethod
+    def _sums(part, r):
+        values, order, cuts, restart, last = part
+        if cuts.size == 0:
+            return np.zeros((last.size, values.shape[1]), dtype=r.dtype)
+        segment = np.add.reduceat(r[order, None] * values, cuts, axis=0)
+        cum = segment_cumsum(segment.T, restart).T
+        return np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
+
+    def risk_sums(self, r):
+        """``[sum r, sum r x]`` over each group's risk set, shape (n_groups, 1 + p)."""
+        total = self._sums(self.time, r)
+        if self.entry is not None:
+            total = total - self._sums(self.entry, r)
+        return total
+
+    def death_sums(self, r):
+        """``[sum r, sum r x]`` over each group's tied deaths, shape (n_groups, 1 + p)."""
+        if self.rs.deaths.size == 0:
+            return np.zeros((0, self.deaths.shape[1]), dtype=r.dtype)
+        return np.add.reduceat(r[self.rs.deaths, None] * self.deaths,
+                               self.rs.death_bounds[:-1], axis=0)
 
 
-def _own_group_change(rs, X, w, r, S0, S1, D0, D1, W, n_present, ties, a, m, c, bounds):
-    """For each dying row: its own term plus its tie group's term before minus after removal."""
+class _Statistics:
+    """Risk scores and per-slot sums of one problem (linear predictor ``eta``, weights ``w``).
+
+    Slots are Efron's ``k``-th tied death of a group (one slot per group for
+    Breslow), in group order: ``a`` the denominator, ``m`` (p, n_slots) the
+    mean, ``c`` the weight (0 for slots that do not count), ``frac`` Efron's
+    ``k / d``, ``bounds`` each group's slots.
+    """
+
+    def __init__(self, eta, X, rs, w, ties, design=None):
+        design = _SortedDesign(X, rs) if design is None else design
+        self.rs, self.X, self.w, self.ties = rs, X, w, ties
+        self.r = r = w * np.exp(eta - stratum_max(eta, rs)[rs.row_stratum])
+        S, D = design.risk_sums(r).T, design.death_sums(r).T
+        self.S0, self.S1, self.D0, self.D1 = S[0], S[1:], D[0], D[1:]
+        self.W = rs.death_sums(w)
+        self.n_present = rs.death_sums((w > 0).astype(float))
+        if ties == "breslow":
+            self.slot_group = np.arange(self.S0.size)
+            self.bounds = np.arange(self.S0.size + 1)
+            self.frac = np.zeros(self.S0.size)
+            self.a = np.where(self.W > 0, self.S0, 1.0)
+            self.c = self.W
+        else:
+            g, k = rs.slot_group, rs.slot_rank
+            d = self.n_present[g]
+            valid = k < d
+            self.slot_group, self.bounds = g, rs.death_bounds
+            self.frac = np.where(valid, k / np.maximum(d, 1), 0.0)
+            self.a = np.where(valid, self.S0[g] - self.frac * self.D0[g], 1.0)
+            self.c = np.where(valid, self.W[g] / np.maximum(d, 1), 0.0)
+        g = self.slot_group
+        self.m = (self.S1[:, g] - self.frac * self.D1[:, g]) / self.a
+        # where each stratum's slots start
+        self.slot_starts = np.searchsorted(rs.group_stratum[g], np.arange(rs.n_strata))
+
+    def interval_sums(self, values, lo, hi, rows):
+        """``sum(values[..., lo_i:hi_i])`` per row, each interval inside the row's stratum."""
+        cum = segment_cumsum(values, self.slot_starts)
+        cum = np.concatenate([np.zeros(values.shape[:-1] + (1,), cum.dtype), cum], axis=-1)
+        start = self.slot_starts[self.rs.row_stratum[rows]]
+        upper = np.where(hi > start, cum[..., hi], 0.0)  # cum[j]: slots [start, j)
+        lower = np.where(lo > start, cum[..., lo], 0.0)
+        return upper - lower
+
+
+def _group_intervals(rs, before_own_death=None):
+    """First and one-past-last tie group at which each row is at risk.
+
+    Where ``before_own_death`` is set, the row's own event time is left out.
+    """
+    g_lo = np.empty(rs.n_samples, dtype=np.intp)
+    g_hi = np.empty(rs.n_samples, dtype=np.intp)
+    for s in range(rs.n_strata):
+        rows = np.flatnonzero(rs.row_stratum == s)
+        first = np.searchsorted(rs.group_stratum, s, side="left")
+        last = np.searchsorted(rs.group_stratum, s, side="right")
+        times = rs.group_time[first:last]
+        g_lo[rows] = first if rs.entry is None else first + np.searchsorted(
+            times, rs.entry[rows], side="right")
+        g_hi[rows] = first + np.searchsorted(times, rs.time[rows], side="right")
+        if before_own_death is not None:
+            own = rows[before_own_death[rows]]
+            g_hi[own] = first + np.searchsorted(times, rs.time[own], side="left")
+    return g_lo, g_hi
+
+
+def _at_risk_intervals(rs):
+    """``_group_intervals(rs)``, computed once per data set."""
+    if getattr(rs, "_at_risk_intervals", None) is None:
+        rs._at_risk_intervals = _group_intervals(rs)
+    return rs._at_risk_intervals
+
+
+# --------------------------------------------------------------------------
+# gradient and Hessian of the whole objective
+# --------------------------------------------------------------------------
+def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
+    """Gradient ``(p,)`` and Hessian ``(p, p)`` of the negative log partial likelihood.
+
+    Notes
+    -----
+    With ``A_i = sum_{s in I_i} c_s / a_s`` over the slots of the groups at
+    which row ``i`` is at risk and, for a death, ``B_i = sum_{s in h_i} c_s
+    f_s / a_s`` over its own group's Efron slots (``f_s = k / d``),
+
+        g = -sum_deaths w_i x_i + sum_s c_s m_s + alpha beta
+        H = sum_i r_i (A_i - delta_i B_i) x_i x_i^T - sum_s c_s m_s m_s^T + alpha I.
+    """
+    st = _Statistics(X @ params, X, rs, weights, ties, design)
+    g_lo, g_hi = _at_risk_intervals(rs)
+    rows = np.arange(X.shape[0])
+    A = st.interval_sums(st.c / st.a, st.bounds[g_lo], st.bounds[g_hi], rows)
+    B = np.add.reduceat(st.c * st.frac / st.a, st.bounds[:-1]) if st.c.size else st.c
+    v = st.r * A
+    v[rs.deaths] -= st.r[rs.deaths] * B[rs.death_group]
     p = X.shape[1]
-    out = np.zeros((X.shape[0], p), dtype=r.dtype)
+    H = alpha * np.eye(p) - (st.m * st.c) @ st.m.T
+    for start in range(0, X.shape[0], _ROWS):
+        block = X[start:start + _ROWS]
+        H += block.T @ (block * v[start:start + _ROWS, None])
+    death_weight = np.zeros(X.shape[0])
+    death_weight[rs.deaths] = weights[rs.deaths]
+    gradient = st.m @ st.c - X.T @ death_weight + alpha * params
+    return gradient, 0.5 * (H + H.T)
+
+
+class CoxCurvature:
+    """Closed-form gradients and Hessians of the Cox objective for :func:`skvif._engine.minimize`.
+
+    ``gradient_and_hessian(P, W)`` for ``k`` problems: params ``P (k, p)``
+    and unit weights ``W (k, n)`` multiplying ``case_weights``, as the
+    engine's batched loss takes them (:class:`skvif._engine.ModelDerivatives`).
+    """
+
+    def __init__(self, X, rs, case_weights, ties, alpha):
+        self._args = X, rs, case_weights, ties, alpha
+        self._design = _SortedDesign(X, rs)
+
+    def gradient_and_hessian(self, P, W):
+        X, rs, case_weights, ties, alpha = self._args
+        pairs = [gradient_and_hessian(P[i], X, rs, case_weights * W[i], ties, alpha,
+                                      self._design) for i in range(P.shape[0])]
+        return np.stack([g for g, _ in pairs]), np.stack([H for _, H in pairs])
+
+
+# --------------------------------------------------------------------------
+# leave-one-row-out gradient changes
+# --------------------------------------------------------------------------
+def _dominant_rows(st):
+    """Per group: the row with the largest risk score at risk there, and the rest's sums.
+
+    Returns ``(dominant, rest0, rest1)``: ``rest0`` and ``rest1`` (p, n_groups)
+    are the sums of ``r`` and ``r x`` over the risk set without ``dominant``,
+    accumulated without a subtraction (the running sum adds each row, except
+    that a new largest row displaces the previous one into the sum instead).
+    """
+    rs, r = st.rs, st.r
+    order = rs.time_order
+    values = np.vstack([r[None], r * st.X.T])[:, order]
+    size = r.real[order]
+    starts = np.append(np.searchsorted(rs.row_stratum[order], np.arange(rs.n_strata)),
+                       rs.n_samples)
+    top = np.empty(rs.n_samples, dtype=np.intp)
+    rest = np.empty_like(values)
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        if hi == lo:
+            continue
+        block = size[lo:hi]
+        before = np.concatenate([[-np.inf], np.maximum.accumulate(block)[:-1]])
+        new = block > before
+        position = np.arange(hi - lo)
+        top_here = np.maximum.accumulate(np.where(new, position, 0))
+        previous = np.concatenate([[-1], top_here[:-1]])
+        added = values[:, lo:hi].copy()
+        displaced = np.flatnonzero(new)
+        added[:, displaced] = np.where(previous[displaced] >= 0,
+                                       values[:, lo + np.maximum(previous[displaced], 0)], 0.0)
+        rest[:, lo:hi] = np.cumsum(added, axis=1)
+        top[lo:hi] = lo + top_here
+    last = rs.time_hi - 1  # each group's risk set is order[stratum start:time_hi]
+    return order[top[last]], rest[0, last], rest[1:, last]
+
+
+def _dominant_deaths(st):
+    """Per group: the tied death with the largest risk score, and the other deaths' sums."""
+    rs, r = st.rs, st.r
+    first = rs.death_bounds[:-1]
+    by_size = np.lexsort((-r.real[rs.deaths], rs.death_group))
+    top = by_size[first]
+    values = np.vstack([r[None], r * st.X.T])[:, rs.deaths]
+    values[:, top] = 0.0
+    rest = np.add.reduceat(values, first, axis=1)
+    return rs.deaths[top], rest[0], rest[1:]
+
+
+def _without_row(st, rows, groups, dominant, rest0, rest1):
+    """Risk-set sums of ``groups`` without ``rows`` (the dominant row's from the rest sums)."""
+    r, x = st.r[rows], st.X[rows]
+    s0 = np.where(dominant[groups] == rows, rest0[groups], st.S0[groups] - r)
+    s1 = np.where((dominant[groups] == rows)[:, None], rest1[:, groups].T,
+                  st.S1[:, groups].T - r[:, None] * x)
+    return s0, s1
+
+
+def _own_group_change(st, dominant):
+    """For each dying row: its own term plus its tie group's term before minus after removal."""
+    rs, X, w = st.rs, st.X, st.w
+    out = np.zeros(X.shape, dtype=st.r.dtype)
     present = w[rs.deaths] > 0
     dead, gid = rs.deaths[present], rs.death_group[present]
-    # term of each group with all its deaths: sum over its slots of c * m
-    before = np.add.reduceat((c * m).T, bounds[:-1], axis=0)[gid]  # (n_dead, p)
-    xu, ru, wu = X[dead], r[dead], w[dead]
-    s0, s1 = S0[gid] - ru, S1[:, gid].T - ru[:, None] * xu
-    rest = W[gid] - wu
-    if ties == "breslow":
+    if dead.size == 0:
+        return out
+    before = np.add.reduceat((st.c * st.m).T, st.bounds[:-1], axis=0)[gid]  # (n_dead, p)
+    s0, s1 = _without_row(st, dead, gid, *dominant)
+    rest = st.W[gid] - w[dead]
+    if st.ties == "breslow":
         safe = np.where(rest > 0, s0, 1.0)
         after = np.where((rest > 0)[:, None], rest[:, None] * s1 / safe[:, None], 0.0)
     else:
         # sum_{k < d'} (s1 - f_k d1) / (s0 - f_k d0), f_k = k / d'
-        d_new = n_present[gid] - 1
+        top_death, death_rest0, death_rest1 = _dominant_deaths(st)
+        is_top = top_death[gid] == dead
+        d0 = np.where(is_top, death_rest0[gid], st.D0[gid] - st.r[dead])
+        d1 = np.where(is_top[:, None], death_rest1[:, gid].T,
+                      st.D1[:, gid].T - st.r[dead, None] * X[dead])
+        d_new = st.n_present[gid] - 1
         some = d_new > 0
-        d0 = np.where(some, D0[gid] - ru, 1.0)
-        d1 = D1[:, gid].T - ru[:, None] * xu
-        inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), d0, d_new)
+        inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), np.where(some, d0, 1.0),
+                                        d_new)
         mean_weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
         after = mean_weight[:, None] * (s1 * inv_sum[:, None] - d1 * frac_sum[:, None])
-    out[dead] = -wu[:, None] * xu + before - after
+    out[dead] = -w[dead, None] * X[dead] + before - after
     return out
 
 
@@ -103,19 +340,19 @@ def _efron_sums(s0, d0, d):
     ratio = d0[large] / s0[large]
     near = np.abs(ratio) <= 0.5
     series = large[near]
-    for size in np.unique(d[series]):
-        rows = series[d[series] == size]
-        q = ratio[near][d[series] == size]
-        f = np.arange(size) / size
-        power = np.ones(size)                       # f ** j
-        qj = np.ones_like(q)                        # q ** j
-        for _ in range(_EFRON_TERMS):
-            inv_sum[rows] += qj * power.sum()
-            frac_sum[rows] += qj * (power * f).sum()
-            power = power * f
-            qj = qj * q
-        inv_sum[rows] /= s0[rows]
-        frac_sum[rows] /= s0[rows]
+    if series.size:
+        # sum_j q^j P_j(d) with the power sums P_j(d) = sum_{k<d} (k/d)^j of each size
+        sizes, which = np.unique(d[series], return_inverse=True)
+        f = np.concatenate([np.arange(size) / size for size in sizes])
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        power_sums = np.stack([np.add.reduceat(f ** j, first)
+                               for j in range(_EFRON_TERMS + 1)], axis=1)[np.ravel(which)]
+        q = ratio[near]
+        inv, frac = np.zeros_like(q), np.zeros_like(q)
+        for j in range(_EFRON_TERMS - 1, -1, -1):  # Horner
+            inv = inv * q + power_sums[:, j]
+            frac = frac * q + power_sums[:, j + 1]
+        inv_sum[series], frac_sum[series] = inv / s0[series], frac / s0[series]
     far = large[~near]
     if far.size:
         dd, z = d[far], d[far] * s0[far] / d0[far]
@@ -124,52 +361,240 @@ def _efron_sums(s0, d0, d):
     return inv_sum, frac_sum
 
 
-def _exact_pairs(rows, slot_cols, lo, hi, r, X, a, m, c, out):
-    """Add ``-r_u sum_s c_s (m_s - x_u) / (a_s - r_u)`` over ``slot_cols`` in each row's interval."""
-    if rows.size == 0 or slot_cols.size == 0:
-        return
-    step = max(1, _CHUNK // slot_cols.size)
-    a_s, c_s, m_s = a[slot_cols], c[slot_cols], m[:, slot_cols].T
-    for start in range(0, rows.size, step):
-        u = rows[start:start + step]
-        inside = (slot_cols[None, :] >= lo[u, None]) & (slot_cols[None, :] < hi[u, None])
-        K = np.where(inside, c_s / np.where(inside, a_s - r[u, None], 1.0), 0.0)
-        out[u] -= r[u, None] * (K @ m_s - K.sum(axis=1)[:, None] * X[u])
+def _decreasing_sums(st):
+    """Per slot: a non-increasing envelope of ``a`` within its stratum (its running minimum)."""
+    a = np.where(st.c != 0, st.a.real, np.inf)
+    out = np.empty_like(a)
+    starts = np.append(st.slot_starts, a.size)
+    for lo, hi in zip(starts[:-1], starts[1:]):
+        out[lo:hi] = np.minimum.accumulate(a[lo:hi])
+    finite = np.isfinite(out)
+    # slots before a stratum's first counting slot (c = 0 there): as large as any
+    out[~finite] = out[finite].max() if finite.any() else 1.0
+    return np.maximum(out, np.finfo(float).tiny)
 
 
-def _group_intervals(rs, before_own_death=None):
-    """First and one-past-last tie group at which each row is at risk.
+def _series_sums(st, rows, g_end, group_envelope, values):
+    """``sum_s values_s r_u / (a_s - r_u)`` over the slots of each row's groups before ``g_end_u``.
 
-    Where ``before_own_death`` is set, the row's own event time is left out.
+    ``values`` has shape (n_slots, q); the result (len(rows), q). Needs
+    ``r_u / a_s <= _RATIO`` on those slots: ``sum_j (r_u / a_s)^(j+1)
+    values_s``, per group ``sum_{s in g} values_s (a_ref / a_s)^(j+1)``,
+    accumulated over each stratum's groups, with ``a_ref`` the reference of
+    the group's normalization block (blocks a factor ``_BLOCK`` apart, carried
+    from block to block by ``(a_ref' / a_ref)^(j+1)``).
     """
-    g_lo = np.empty(rs.n_samples, dtype=np.intp)
-    g_hi = np.empty(rs.n_samples, dtype=np.intp)
+    rs = st.rs
+    result = np.zeros((rows.size, values.shape[1]), dtype=np.result_type(st.r, values))
+    group_start = np.searchsorted(rs.group_stratum, np.arange(rs.n_strata))
+    keep = np.flatnonzero(g_end > group_start[rs.row_stratum[rows]])
+    rows, last = rows[keep], g_end[keep] - 1
+    if rows.size == 0:
+        return result
+    n_groups = group_envelope.size
+    top = group_envelope[group_start[rs.group_stratum]]
+    block = np.floor(np.log(top / group_envelope) / np.log(_BLOCK)).astype(np.intp)
+    log_ref = np.log(top) - (block + 1) * np.log(_BLOCK)
+    ratio = np.exp(log_ref[st.slot_group]) / st.a   # a_ref / a_s <= 1 (envelope <= a_s)
+    new_segment = np.ones(n_groups, dtype=bool)
+    new_segment[1:] = (block[1:] != block[:-1]) | (rs.group_stratum[1:] != rs.group_stratum[:-1])
+    seg_starts = np.flatnonzero(new_segment)
+    segment = np.cumsum(new_segment) - 1
+    rank = np.zeros(seg_starts.size, dtype=np.intp)  # position of the segment in its stratum
+    for i in np.flatnonzero(~np.isin(seg_starts, group_start)):
+        rank[i] = rank[i - 1] + 1
+    gap = np.zeros(seg_starts.size)                  # blocks between a segment and the one before
+    gap[1:] = block[seg_starts[1:]] - block[seg_starts[:-1]]
+    u = st.r[rows] / np.exp(log_ref[last])                         # r_u / a_ref
+    # terms each row needs: (r_u / a_s)^J below rounding, r_u / a_s <= bound <= _RATIO
+    bound = st.r.real[rows] / group_envelope[last]
+    needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
+    by_need = np.argsort(-needed, kind="stable")
+    keep, last, u, needed = keep[by_need], last[by_need], u[by_need], needed[by_need]
+    seg_of_row = segment[last]
+    power = np.ones(keep.size, dtype=u.dtype)
+    sums = np.zeros((keep.size, values.shape[1]), dtype=result.dtype)
+    weight = np.ones(st.a.size, dtype=ratio.dtype)
+    for j in range(_TERMS):
+        k = np.count_nonzero(needed > j)   # the rows that still need terms come first
+        if k == 0:
+            break
+        weight = weight * ratio
+        power[:k] = power[:k] * u[:k]
+        per_group = np.add.reduceat(values * weight[:, None], st.bounds[:-1], axis=0)
+        cum = segment_cumsum(per_group.T, seg_starts).T                # (n_groups, q)
+        totals = cum[np.append(seg_starts[1:], n_groups) - 1]
+        carry = np.zeros_like(totals)
+        factor = _BLOCK ** (-(j + 1) * gap)
+        for step in range(1, rank.max() + 1):
+            now = np.flatnonzero(rank == step)
+            carry[now] = factor[now, None] * (carry[now - 1] + totals[now - 1])
+        sums[:k] += power[:k, None] * (carry[seg_of_row[:k]] + cum[last[:k]])
+    result[keep] = sums
+    return result
+
+
+def _exact_sums(st, rows, lo, hi, dominant, term, q):
+    """``sum_{s in [lo_u, hi_u)} term(...)`` slot by slot, shape (len(rows), q).
+
+    ``term(u, s, a_without, s1_without)`` gives each (row, slot) pair's ``q``
+    values from the slot's denominator and covariate sum without the row
+    (accurate also where the row makes up most of the risk set).
+    """
+    counts = np.maximum(hi - lo, 0)
+    result = np.zeros((rows.size, q), dtype=st.r.dtype)
+    for first, stop in _pair_chunks(counts):
+        k = counts[first:stop]
+        u = np.repeat(rows[first:stop], k)
+        s = np.repeat(lo[first:stop], k) + np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)
+        g, f = st.slot_group[s], st.frac[s]
+        s0, s1 = _without_row(st, u, g, *dominant)
+        a_without = np.where(st.c[s] != 0, s0 - f * st.D0[g], 1.0)  # (c = 0: no term)
+        values = term(u, s, a_without, s1 - f[:, None] * st.D1[:, g].T)
+        nonempty = np.flatnonzero(k > 0)
+        result[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
+                                                    axis=0)
+    return result
+
+
+def _pair_chunks(counts):
+    """Consecutive row ranges with about ``_PAIRS`` (row, slot) pairs each."""
+    ends = np.cumsum(counts)
+    if ends.size == 0 or ends[-1] == 0:
+        return []
+    starts = np.unique(np.searchsorted(ends, np.arange(0, ends[-1], _PAIRS), side="right"))
+    return list(zip(starts, np.append(starts[1:], counts.size)))
+
+
+def _series_cut(st, rows, g_lo, g_hi):
+    """Each row's first group (in ``[g_lo, g_hi]``) from which on its slots are summed exactly.
+
+    Before it, ``r_u / a_s <= _RATIO`` on every slot (the series applies);
+    returns ``(cut, group_envelope)``, the latter each group's smallest
+    denominator, non-increasing along a stratum's groups.
+    """
+    rs = st.rs
+    group_envelope = _decreasing_sums(st)[st.bounds[1:] - 1]
+    split = np.empty(rows.size, dtype=np.intp)
     for s in range(rs.n_strata):
-        rows = np.flatnonzero(rs.row_stratum == s)
+        here = np.flatnonzero(rs.row_stratum[rows] == s)
         first = np.searchsorted(rs.group_stratum, s, side="left")
-        last = np.searchsorted(rs.group_stratum, s, side="right")
-        times = rs.group_time[first:last]
-        g_lo[rows] = first if rs.entry is None else first + np.searchsorted(
-            times, rs.entry[rows], side="right")
-        g_hi[rows] = first + np.searchsorted(times, rs.time[rows], side="right")
-        if before_own_death is not None:
-            own = rows[before_own_death[rows]]
-            g_hi[own] = first + np.searchsorted(times, rs.time[own], side="left")
-    return g_lo, g_hi
+        stop = np.searchsorted(rs.group_stratum, s, side="right")
+        split[here] = first + np.searchsorted(-group_envelope[first:stop],
+                                              -st.r.real[rows[here]] / _RATIO, side="right")
+    return np.clip(split, g_lo[rows], g_hi[rows]), group_envelope
 
 
-def _risk_statistics(params, X, rs, w, ties):
-    """Shifted risk scores and the slots of every tie group."""
-    eta = X @ params
-    r = w * np.exp(eta - stratum_max(eta, rs)[rs.row_stratum])  # log-sum-exp shift per stratum
-    S0, S1 = rs.risk_sums(r), rs.risk_sums(r * X.T)
-    D0, D1 = rs.death_sums(r), rs.death_sums(r * X.T)
-    W = rs.death_sums(w)
-    n_present = rs.death_sums((w > 0).astype(float))
-    return r, (S0, S1, D0, D1, W, n_present), _slots(rs, S0, S1, D0, D1, W, n_present, ties)
+def _gradient_changes(st):
+    rs, w = st.rs, st.w
+    dominant = _dominant_rows(st)
+    out = _own_group_change(st, dominant)
+    # each row's slots: its stratum's groups up to its time (strictly before it when it
+    # dies there: that group was handled above)
+    g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
+    hi = st.bounds[g_hi]
+    rows = np.flatnonzero(st.r.real > 0)
+    cut, group_envelope = _series_cut(st, rows, g_lo, g_hi)
+    values = np.column_stack([st.c, (st.m * st.c).T])            # (n_slots, 1 + p)
+    series = _series_sums(st, rows, cut, group_envelope, values)
+    out[rows] += st.X[rows] * series[:, :1] - series[:, 1:]
+
+    def term(u, s, a_without, s1_without):  # c_s r_u (x_u - m_s^(-u)) / a_s
+        return (st.c[s] * st.r[u] / st.a[s])[:, None] * (
+            st.X[u] - s1_without / a_without[:, None])
+
+    out[rows] += _exact_sums(st, rows, st.bounds[cut], hi[rows], dominant, term,
+                             st.X.shape[1])
+    return out
 
 
-def weight_derivatives(params, X, rs, case_weights, ties):
+def gradient_changes(params, X, rs, case_weights, ties, design=None):
+    """``g(params; all rows) - g(params; without row u)`` for every row, shape (n, p).
+
+    ``g`` is the gradient of the negative log partial likelihood (the ridge
+    penalty cancels). ``X`` is the (centered) design the objective uses.
+    """
+    if rs.has_entry:
+        raise ValueError("the O(n p) Cox path does not handle delayed entry")
+    return _gradient_changes(_Statistics(X @ params, X, rs, case_weights, ties, design))
+
+
+def hazard_changes(params, X, rs, case_weights, times, design=None):
+    """Breslow baseline cumulative hazard with all rows minus without row ``u``, shape (n, k).
+
+    ``H0(t) = sum_{g: t_g <= t} W_g / S0_g`` in the row's own stratum (the
+    only one its removal changes), at each of ``times``, in the shifted units
+    of :func:`~._objective.breslow_cumulative_hazard` (times
+    ``exp(-shift)`` of the row's stratum). For a group at which ``u`` is at
+    risk, ``W_g / S0_g - W_g / (S0_g - r_u)``; at its own death,
+    ``W_g / S0_g - (W_g - w_u) / (S0_g - r_u)``; by the same series and
+    exact sums as :func:`gradient_changes`, ``O(n k)``.
+    """
+    if rs.has_entry:
+        raise ValueError("the O(n p) Cox path does not handle delayed entry")
+    st = _Statistics(X @ params, X, rs, case_weights, "breslow", design)
+    w = case_weights
+    dominant = _dominant_rows(st)
+    died = rs.event & (w > 0)
+    g_lo, g_hi = _group_intervals(rs, before_own_death=died)
+    rows = np.flatnonzero(st.r.real > 0)
+    cut, group_envelope = _series_cut(st, rows, g_lo, g_hi)
+    hazard = np.where(st.W > 0, st.W / st.a, 0.0)
+    # the groups of each row's stratum up to each time
+    first = np.searchsorted(rs.group_stratum, np.arange(rs.n_strata), side="left")
+    upto = np.empty((rs.n_strata, len(times)), dtype=np.intp)
+    for s in range(rs.n_strata):
+        stop = np.searchsorted(rs.group_stratum, s, side="right")
+        upto[s] = first[s] + np.searchsorted(rs.group_time[first[s]:stop], times, side="right")
+    # own death group: the row's hazard jump with and without it
+    own = np.full(rs.n_samples, -1, dtype=np.intp)
+    own[rs.deaths] = rs.death_group
+    own[~died] = -1
+    dead = np.flatnonzero(own >= 0)
+    s0, _ = _without_row(st, dead, own[dead], *dominant)
+    rest = st.W[own[dead]] - w[dead]
+    own_change = hazard[own[dead]] - np.where(rest > 0, rest / np.where(rest > 0, s0, 1.0), 0.0)
+    out = np.zeros((rs.n_samples, len(times)), dtype=st.r.dtype)
+
+    def term(u, s, a_without, s1_without):  # W_s / a_s - W_s / a_s^(-u)
+        return (hazard[s] * (1.0 - st.a[s] / a_without))[:, None]
+
+    for k in range(len(times)):
+        end = upto[rs.row_stratum, k]
+        series_end = np.minimum(cut, end[rows])
+        out[rows, k] -= _series_sums(st, rows, series_end, group_envelope,
+                                     hazard[:, None])[:, 0]
+        out[rows, k] += _exact_sums(st, rows, st.bounds[series_end],
+                                    st.bounds[np.minimum(g_hi[rows], end[rows])],
+                                    dominant, term, 1)[:, 0]
+        reached = own[dead] < end[dead]
+        out[dead[reached], k] += own_change[reached]
+    return out
+
+
+def hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None, step=1e-30):
+    """``H(params; all rows) - H(params; without row u)`` for ``rows`` (default all), (k, p, p).
+
+    The derivative of :func:`gradient_changes` by the complex step
+    ``Im g(params + i h e_j) / h``: exact to rounding (no difference of two
+    nearby numbers), ``p`` evaluations of the ``O(n p)`` gradient changes.
+    """
+    rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
+    design = _SortedDesign(X, rs) if design is None else design
+    p = params.size
+    out = np.empty((rows.size, p, p))
+    for j in range(p):
+        shifted = params.astype(complex)
+        shifted[j] += 1j * step
+        out[:, :, j] = gradient_changes(shifted, X, rs, case_weights, ties,
+                                        design)[rows].imag / step
+    return 0.5 * (out + np.swapaxes(out, 1, 2))
+
+
+# --------------------------------------------------------------------------
+# weight derivatives (method="if": R's dfbeta)
+# --------------------------------------------------------------------------
+def weight_derivatives(params, X, rs, case_weights, ties, design=None):
     """Derivative of the gradient in each row's weight, shape (p, n): ``method="if"``.
 
     Differentiates R's weighted likelihood (tie counts fixed): for row ``u``
@@ -183,29 +608,24 @@ def weight_derivatives(params, X, rs, case_weights, ties):
     with prefix sums over the slots (``c_u`` the case weight, ``r_u`` without it).
     """
     w = case_weights
-    r, (_, _, _, _, W, n_present), (a, m, c, bounds) = _risk_statistics(params, X, rs, w,
-                                                                          ties)
-    e = np.where(w > 0, r / np.where(w > 0, w, 1.0), 0.0)  # exp(eta - shift)
-    g_lo, g_hi = _group_intervals(rs)
-    lo, hi = bounds[g_lo], bounds[g_hi]
+    st = _Statistics(X @ params, X, rs, w, ties, design)
+    a, m, c, bounds = st.a, st.m, st.c, st.bounds
+    e = np.where(w > 0, st.r / np.where(w > 0, w, 1.0), 0.0)  # exp(eta - shift)
+    g_lo, g_hi = _at_risk_intervals(rs)
+    rows = np.arange(X.shape[0])
     ca = c / a
-    scalar = np.concatenate([[0.0], np.cumsum(ca)])
-    vector = np.concatenate([np.zeros((1, X.shape[1])), np.cumsum((ca * m).T, axis=0)])
-    q, Q = scalar[hi] - scalar[lo], vector[hi] - vector[lo]
-    out = e[:, None] * (X * q[:, None] - Q)
+    sums = st.interval_sums(np.vstack([ca, ca * m]), bounds[g_lo], bounds[g_hi], rows)
+    out = e[:, None] * (X * sums[0][:, None] - sums[1:].T)
 
     # the row's own tie group: its death term and the Efron fractions
     if ties == "breslow":
-        frac = np.zeros(a.size)
         per_death = m.T  # one slot per group, weight derivative 1
     else:
-        frac = np.where(rs.slot_rank < n_present[rs.slot_group],
-                        rs.slot_rank / np.maximum(n_present[rs.slot_group], 1), 0.0)
         valid = (c > 0).astype(float)
         per_death = np.add.reduceat((valid * m).T, bounds[:-1], axis=0) / np.maximum(
-            n_present, 1)[:, None]
-    F1 = np.add.reduceat(ca * frac, bounds[:-1])
-    F2 = np.add.reduceat((ca * frac * m).T, bounds[:-1], axis=0)
+            st.n_present, 1)[:, None]
+    F1 = np.add.reduceat(ca * st.frac, bounds[:-1])
+    F2 = np.add.reduceat((ca * st.frac * m).T, bounds[:-1], axis=0)
     present = w[rs.deaths] > 0
     dead, gid = rs.deaths[present], rs.death_group[present]
     out[dead] += -(X[dead] - per_death[gid]) - e[dead, None] * (X[dead] * F1[gid, None]
@@ -213,90 +633,71 @@ def weight_derivatives(params, X, rs, case_weights, ties):
     return (w[:, None] * out).T
 
 
-def gradient_changes(params, X, rs, case_weights, ties):
-    """``g(params; all rows) - g(params; without row u)`` for every row, shape (n, p).
-
-    ``g`` is the gradient of the negative log partial likelihood (the ridge
-    penalty cancels). ``X`` is the (centered) design the objective uses.
-    """
-    if rs.has_entry:
-        raise ValueError("the O(n p) Cox path does not handle delayed entry")
-    p = X.shape[1]
-    w = case_weights
-    r, sums, (a, m, c, bounds) = _risk_statistics(params, X, rs, w, ties)
-    out = _own_group_change(rs, X, w, r, *sums, ties, a, m, c, bounds)
-
-    # each row's interval of slots: its stratum's groups up to its time
-    # (strictly before it when it dies there: that group was handled above)
-    g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
-    lo, hi = bounds[g_lo], bounds[g_hi]
-
-    # rows with an outlying risk score: every slot exactly
-    size = r.real
-    r_cut = np.quantile(size[size > 0], _OUTLIER_QUANTILE)
-    outliers = np.flatnonzero(size > r_cut)
-    _exact_pairs(outliers, np.flatnonzero(c != 0), lo, hi, r, X, a, m, c, out)
-
-    # the others: slots with a small risk-set sum exactly, the rest by the series
-    regular = np.flatnonzero((size <= r_cut) & (size > 0))
-    tail = (a.real * _RATIO < r_cut) & (c > 0)
-    _exact_pairs(regular, np.flatnonzero(tail), lo, hi, r, X, a, m, c, out)
-
-    series = (c > 0) & ~tail
-    inv = np.where(series, r_cut / np.where(series, a, 1.0), 0.0)  # 1 / a~ <= _RATIO
-    rho = r[regular] / r_cut                                        # <= 1
-    power = np.ones(regular.size)
-    weight = c * inv                                # c / a~^(j+1)
-    for _ in range(_TERMS):
-        scalar = np.concatenate([[0.0], np.cumsum(weight)])
-        vector = np.concatenate([np.zeros((1, p)), np.cumsum((weight * m).T, axis=0)])
-        q = scalar[hi[regular]] - scalar[lo[regular]]
-        Q = vector[hi[regular]] - vector[lo[regular]]
-        out[regular] -= (rho * power)[:, None] * (Q - q[:, None] * X[regular])
-        power = power * rho
-        weight = weight * inv
-    return out
-
-
-def hessian_changes(params, X, rs, case_weights, ties, step=1e-30):
-    """``H(params; all rows) - H(params; without row u)`` for every row, shape (n, p, p).
-
-    The derivative of :func:`gradient_changes` by the complex step
-    ``Im g(params + i h e_j) / h``: exact to rounding (no difference of two
-    nearby numbers), ``p`` evaluations of the ``O(n p)`` gradient changes.
-    """
-    p = params.size
-    out = np.empty((X.shape[0], p, p))
-    for j in range(p):
-        shifted = params.astype(complex)
-        shifted[j] += 1j * step
-        out[:, :, j] = gradient_changes(shifted, X, rs, case_weights, ties).imag / step
-    return 0.5 * (out + np.swapaxes(out, 1, 2))
-
-
-class CoxDerivatives:
+class CoxDerivatives(CoxCurvature):
     """The engine's closed forms for the Cox objective (:class:`skvif._engine.ModelDerivatives`).
 
-    ``weight_derivatives`` holds for any units (the engine sums a unit's
-    rows); ``gradient_changes`` and ``hessian_changes`` remove one row at a
-    time and need right-censored data (no delayed entry). Each is computed for
-    all rows once, on first use.
+    At the fitted ``params``: ``hessian`` and ``gradient_and_hessian`` (any
+    data); ``weight_derivatives`` (any units: the engine sums a unit's rows);
+    with ``row_changes``, ``gradient_changes`` and ``hessian_changes``, which
+    remove one row at a time and need right-censored data (no delayed entry).
+    The gradient changes of all rows are computed once, on first use; the
+    Hessian changes in blocks of rows of bounded size (``(k, p, p)``, never
+    ``(n, p, p)`` at once).
     """
 
-    def __init__(self, params, X, rs, case_weights, ties):
-        self._args = (params, X, rs, case_weights, ties)
+    def __init__(self, params, X, rs, case_weights, ties, alpha=0.0, row_changes=True,
+                 survival=None):
+        super().__init__(X, rs, case_weights, ties, alpha)
+        self._at = (params, X, rs, case_weights, ties)
         self._cache = {}
+        self._survival = survival
+        if not row_changes:
+            self.gradient_changes = self.hessian_changes = None
+        if not row_changes or survival is None:
+            self.target_changes = None
 
-    def _rows(self, function, units):
-        if function not in self._cache:
-            self._cache[function] = function(*self._args)
-        return self._cache[function][np.concatenate(units)]
+    def target_changes(self, units):
+        """Change of the predicted survival (``survival=(X_new, strata_new, times)``)."""
+        X_new, strata_new, times = self._survival
+        params, X, rs, case_weights, _ = self._at
+        rows = np.concatenate(units)
+        dH = hazard_changes(params, X, rs, case_weights, times, self._design)[rows]
+        eta = X @ params
+        shift = stratum_max(eta, rs)                        # hazard_changes' units
+        S = survival_probabilities(params, case_weights, X, rs, X_new, strata_new, times)
+        scale = np.exp(X_new @ params - shift[strata_new])     # (m,)
+        same = rs.row_stratum[rows][:, None] == strata_new[None, :]   # (k, m)
+        # S^(-u) = exp(-(H0 - dH) e^eta) = S exp(dH e^eta)
+        change = np.where(same[:, :, None],
+                          S[None] * np.expm1(dH[:, None, :] * scale[None, :, None]), 0.0)
+        return change.reshape(rows.size, -1)
+
+    def hessian(self):
+        X, rs, case_weights, ties, alpha = self._args
+        return gradient_and_hessian(self._at[0], X, rs, case_weights, ties, alpha,
+                                    self._design)[1]
 
     def gradient_changes(self, units):
-        return self._rows(gradient_changes, units)
+        if "gradient" not in self._cache:
+            self._cache["gradient"] = gradient_changes(*self._at, design=self._design)
+        return self._cache["gradient"][np.concatenate(units)]
 
     def hessian_changes(self, units):
-        return self._rows(hessian_changes, units)
+        # rows are computed in blocks of at most _CACHE_ELEMENTS numbers, the block of
+        # the last chunk kept (the engine asks for consecutive chunks of rows)
+        rows = np.concatenate(units)
+        params, X = self._at[:2]
+        size = max(1, _CACHE_ELEMENTS // params.size ** 2)
+        block = np.unique(rows // size)
+        if block.size > 1:
+            return hessian_changes(*self._at, rows=rows, design=self._design)
+        if self._cache.get("hessian_block") != block[0]:
+            self._cache["hessian"] = hessian_changes(
+                *self._at, rows=np.arange(block[0] * size, min((block[0] + 1) * size,
+                                                               X.shape[0])),
+                design=self._design)
+            self._cache["hessian_block"] = block[0]
+        return self._cache["hessian"][rows - block[0] * size]
 
     def weight_derivatives(self):
-        return weight_derivatives(*self._args)
+        return weight_derivatives(*self._at, design=self._design)

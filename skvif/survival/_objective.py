@@ -10,6 +10,7 @@ batch ``(k, p)`` with ``(k, n)``.
 
 import autograd.numpy as anp
 import numpy as np
+from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
 __all__ = ["RiskSets", "negative_log_partial_likelihood", "breslow_cumulative_hazard"]
@@ -85,24 +86,69 @@ class RiskSets:
                 sorted_neg_t[starts[s]:stop], -self.group_time[in_s], side="right")
         return order, lo, hi
 
-    def _segment_sum(self, values, order, lo, hi):
-        """Sum of ``values[..., order[lo:hi]]`` for every group at once."""
-        cum = anp.cumsum(values[..., order], axis=-1)
-        cum = anp.concatenate([anp.zeros(cum.shape[:-1] + (1,)), cum], axis=-1)
-        return cum[..., hi] - cum[..., lo]
+    def _stratum_prefix_sums(self, values, order, lo, hi):
+        """Sum of ``values[..., order[lo:hi]]`` for every group, ``lo`` its stratum's start.
+
+        Cumulative sums restart at every stratum, so that no sum is the
+        difference of two large running totals (which would lose the small
+        risk sets of one stratum to the rounding of the others).
+        """
+        cum = segment_cumsum(values[..., order], self._stratum_block_starts(order))
+        last = np.maximum(hi - 1, 0)
+        return anp.where(hi > lo, cum[..., last], 0.0)
+
+    def _stratum_block_starts(self, order):
+        return np.searchsorted(self.row_stratum[order], np.arange(self.n_strata))
 
     def risk_sums(self, values):
         """Sum of ``values`` over the risk set of every group, shape (..., n_groups)."""
-        total = self._segment_sum(values, self.time_order, self.time_lo, self.time_hi)
+        total = self._stratum_prefix_sums(values, self.time_order, self.time_lo, self.time_hi)
         if self.has_entry:  # rows that enter at or after the group time are not yet at risk
-            total = total - self._segment_sum(values, self.entry_order, self.entry_lo,
-                                              self.entry_hi)
+            total = total - self._stratum_prefix_sums(values, self.entry_order, self.entry_lo,
+                                                      self.entry_hi)
         return total
 
     def death_sums(self, values):
         """Sum of ``values`` over the tied deaths of every group, shape (..., n_groups)."""
-        return self._segment_sum(values, self.deaths, self.death_bounds[:-1],
-                                 self.death_bounds[1:])
+        return segment_sums(values[..., self.deaths], self.death_bounds[:-1])
+
+
+@primitive
+def segment_cumsum(values, starts):
+    """Cumulative sums along the last axis that restart at each index of ``starts``."""
+    out = np.empty_like(values)
+    bounds = list(starts) + [values.shape[-1]]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        np.cumsum(values[..., lo:hi], axis=-1, out=out[..., lo:hi])
+    return out
+
+
+def _reversed_segment_cumsum(values, starts):
+    """Sums from each position to the end of its segment (the adjoint of ``segment_cumsum``)."""
+    n = values.shape[-1]
+    flipped_starts = np.sort(n - np.append(np.asarray(starts)[1:], n))
+    return segment_cumsum(values[..., ::-1], flipped_starts)[..., ::-1]
+
+
+defvjp(segment_cumsum, lambda ans, values, starts: lambda g: _reversed_segment_cumsum(g, starts))
+
+
+@primitive
+def segment_sums(values, starts):
+    """Sums of consecutive, non-empty segments along the last axis (``np.add.reduceat``)."""
+    if len(starts) == 0:
+        return np.zeros(values.shape[:-1] + (0,), dtype=values.dtype)
+    return np.add.reduceat(values, starts, axis=-1)
+
+
+def _segment_ids(starts, n):
+    ids = np.zeros(n, dtype=np.intp)
+    ids[np.asarray(starts)[1:]] = 1
+    return np.cumsum(ids)
+
+
+defvjp(segment_sums, lambda ans, values, starts: lambda g: g[..., _segment_ids(
+    starts, values.shape[-1])])
 
 
 def stratum_max(eta, rs):
