@@ -599,7 +599,10 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         if not saddle_free:
             H = _full_hessian(lossb, theta, n, derivatives)
             scale = _hessian_scale(H)
-            if theta.size < AUTO_CG_MIN_PARAMS:  # warm starts by fixed-Hessian steps
+            # warm starts by fixed-Hessian steps, unless the model's closed-form Newton
+            # steps are at hand (each then costs little more than a gradient)
+            if (theta.size < AUTO_CG_MIN_PARAMS
+                    and _provided(derivatives, "gradient_and_hessian") is None):
                 try:
                     chord = partial(scipy.linalg.cho_solve, scipy.linalg.cho_factor(H))
                 except (np.linalg.LinAlgError, ValueError):  # not PD (or not finite)

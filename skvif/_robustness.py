@@ -146,9 +146,13 @@ class hessian_standard_error:
     def __call__(self, params, weights):
         return anp.sqrt(anp.linalg.inv(self._hessian(params, weights))[self.j, self.j])
 
-    def many(self, params, W):
+    def many(self, params, W, derivatives=None):
+        """For ``k`` weight vectors ``W (k, n)`` at once (the model's closed-form
+        Hessians when ``derivatives`` has ``gradient_and_hessian``)."""
         P = np.tile(params, (W.shape[0], 1))
-        H = _batch_hessians(_as_batched(self.loss, self.batched), P, W)
+        closed_form = getattr(derivatives, "gradient_and_hessian", None)
+        H = (closed_form(P, W)[1] if closed_form is not None else
+             _batch_hessians(_as_batched(self.loss, self.batched), P, W))
         return np.sqrt(np.linalg.inv(H)[:, self.j, self.j])
 
 
@@ -313,16 +317,19 @@ class _Problem:
     """A fitted objective with a scalar target (and optional standard error) over units."""
 
     def __init__(self, loss, params, n_samples, units, target, se, *, method, batched,
-                 derivatives, loss_if, damping, tol, max_iter, strongly_convex):
+                 derivatives, loss_if, damping, tol, max_iter, strongly_convex,
+                 exact_target=None):
         self.loss, self.theta, self.n = loss, params, n_samples
         self.units, self.target, self.se = units, target, se
+        # the quantity judged at every refit; ``target`` (differentiable) guides the search
+        self.exact_target = target if exact_target is None else exact_target
         self.method, self.batched, self.derivatives = method, batched, derivatives
         self.loss_if, self.damping = loss_if, damping
         self.options = dict(tol=tol, max_iter=max_iter, strongly_convex=strongly_convex)
         self.n_refits = 0
 
     def values(self, theta, weights):
-        t = float(self.target(theta))
+        t = float(self.exact_target(theta))
         s = float(self.se(theta, weights)) if self.se is not None else np.nan
         return t, s
 
@@ -351,7 +358,7 @@ class _Problem:
             for i, idx in enumerate(units):
                 W[i, idx] = 0.0
             many = getattr(self.se, "many", None)
-            removed = (many(theta, W) if many is not None else
+            removed = (many(theta, W, self.derivatives) if many is not None else
                        np.array([float(self.se(theta, w)) for w in W]))
             ds = ds + removed - float(self.se(theta, weights))
         return dt, ds

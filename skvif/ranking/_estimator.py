@@ -4,6 +4,7 @@ import warnings
 from functools import partial
 from numbers import Integral, Real
 
+import autograd.numpy as anp
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, _fit_context
@@ -280,30 +281,9 @@ class ListwiseRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator
         """
         scores = self.predict(X)
         n = scores.shape[0]
-        y = _check_labels(y, n)
-        qid = _check_qid(qid, n)
         weight = _check_sample_weight(sample_weight, scores, dtype=float,
                                       ensure_non_negative=True)
-        _, code = np.unique(qid, return_inverse=True)
-        code = code.ravel()
-        order = np.argsort(code, kind="stable")
-        sizes = np.bincount(code)
-        query_weight = np.bincount(code, weights=weight) / sizes
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        total, count = 0.0, 0.0
-        for size in np.unique(sizes[sizes > 1]):
-            # queries of equal size go to ndcg_score together, which returns
-            # the weighted mean of their per-query NDCGs
-            qs = np.flatnonzero(sizes == size)
-            rows = order[bounds[qs][:, None] + np.arange(size)]
-            if query_weight[qs].sum() > 0:
-                total += ndcg_score(y[rows], scores[rows],
-                                    sample_weight=query_weight[qs]) * query_weight[qs].sum()
-                count += query_weight[qs].sum()
-        if count == 0:
-            raise ValueError("NDCG needs at least one query with two items or more "
-                             "(and a positive weight).")
-        return float(total / count)
+        return mean_ndcg(scores, _check_labels(y, n), _check_qid(qid, n), weight)
 
     # ------------------------------------------------------------ influence
     def influence_(self, X=None, y=None, qid=None, *, target="coef", unit="item",
@@ -431,18 +411,30 @@ class ListwiseRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator
                else result)  # (copies: renaming a result's index renames nothing else)
         return with_exactness(out, is_exact, index, as_frame, refine, return_exact)
 
-    def robustness_(self, feature, *, unit="item", method="vif", max_fraction=0.1):
-        """Smallest removal of items (or queries) that flips the sign of a coefficient.
+    def robustness_(self, feature=None, *, target="coef", X=None, y=None, qid=None,
+                    baseline=None, unit="item", method="vif", max_fraction=0.1):
+        """Smallest removal of items (or queries) that changes a conclusion.
 
-        The smallest set found whose removal flips the sign of coefficient
-        ``feature``, confirmed by an exact refit (see :func:`skvif.robustness`).
-        Only the sign: the ranking objective is not a log-likelihood, so its
-        inverse Hessian is not a standard error.
+        ``target="coef"``: the smallest set found whose removal flips the sign
+        of coefficient ``feature``. ``target="ndcg"``: the smallest set whose
+        removal brings the mean test NDCG of ``(X, y, qid)`` (as :meth:`score`
+        computes it) to the other side of ``baseline``. Each set is confirmed
+        by an exact refit (see :func:`skvif.robustness`). Only sign-type
+        goals: the ranking objective is not a log-likelihood, so its inverse
+        Hessian is not a standard error.
 
         Parameters
         ----------
-        feature : str or int
-            A feature name or position.
+        feature : str or int, default=None
+            A feature name or position (``target="coef"``).
+        target : {"coef", "ndcg"}, default="coef"
+        X, y, qid : array-like, default=None
+            The test set of ``target="ndcg"``.
+        baseline : float, default=None
+            The NDCG to compare with (``target="ndcg"``); default: the test
+            NDCG of an uninformative ranker (all scores equal: sklearn's
+            ``ndcg_score`` averages over the ties), i.e. "the model ranks
+            better than chance".
         unit : {"item", "query"}, default="item"
         method : {"vif", "if", "newton"}, default="vif"
         max_fraction : float, default=0.1
@@ -452,24 +444,114 @@ class ListwiseRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator
         Returns
         -------
         report : skvif.RobustnessReport
-            With the single goal ``"sign"``.
+            With the single goal ``"sign"``; for ``target="ndcg"`` its
+            estimate is the test NDCG minus ``baseline``.
+
+        Notes
+        -----
+        Between refits the search is guided by the influence of each unit on
+        a smooth NDCG (ApproxNDCG: each item's rank
+        ``1 + sum_j sigmoid((s_j - s_i) / tau)``, ``tau`` a tenth of the
+        spread of the fitted test scores), since NDCG itself is piecewise
+        constant in the coefficients; every conclusion is judged on the exact
+        NDCG at the refit.
         """
         check_is_fitted(self)
         check_choice(unit, "unit", UNITS)
+        check_choice(target, "target", ("coef", "ndcg"))
         check_robustness_options(0.05, max_fraction, method)
-        names = feature_names(self)
-        j = feature_position(self, feature)
         lists = self._lists
         if unit == "item":
-            units, labels = [np.array([i]) for i in range(lists.n_samples)], self._row_labels
+            units, labels = np.arange(lists.n_samples)[:, None], self._row_labels
         else:
             units = [lists.index[q, lists.valid[q] > 0] for q in range(lists.n_queries)]
             labels = lists.queries
+        if target == "coef":
+            if feature is None:
+                raise ValueError("target='coef' needs feature (a name or position).")
+            j = feature_position(self, feature)
+            guide = exact = partial(_coefficient, j=j)
+            name = str(feature_names(self)[j])
+        else:
+            if X is None or y is None or qid is None:
+                raise ValueError("target='ndcg' needs the test set X, y and qid.")
+            X_test = self._validate_X(X)
+            y_test = _check_labels(y, X_test.shape[0])
+            qid_test = _check_qid(qid, X_test.shape[0])
+            ones = np.ones(X_test.shape[0])
+            if baseline is None:
+                baseline = mean_ndcg(np.zeros(X_test.shape[0]), y_test, qid_test, ones)
+            if not isinstance(baseline, Real) or not np.isfinite(baseline):
+                raise ValueError(f"baseline must be a finite number, got {baseline!r}.")
+            spread = np.std(X_test @ self.coef_)
+            smooth = partial(smooth_mean_ndcg, lists=Lists(X_test, y_test, qid_test),
+                             temperature=0.1 * spread if spread > 0 else 1.0)
+            guide = partial(_shifted, smooth, shift=float(baseline))
+            exact = partial(_shifted, partial(_test_ndcg, X=X_test, y=y_test, qid=qid_test,
+                                              weight=ones), shift=float(baseline))
+            name = f"test NDCG - {baseline:.4g}"
         derivatives = LocalChanges(lists, self._loss, self.coef_) if method != "if" else None
         problem = _Problem(self._objective(), self.coef_.copy(), lists.n_samples, units,
-                           lambda th: th[j], None, method=method, batched=True,
+                           guide, None, method=method, batched=True,
                            derivatives=derivatives, loss_if=None, damping=0.0,
                            tol=min(self.tol, 1e-10), max_iter=self.max_iter,
-                           strongly_convex=self._alpha > 0)
+                           strongly_convex=self._alpha > 0, exact_target=exact)
         return search_all(problem, ("sign",), 0.05, list(labels), max_fraction,
-                          str(names[j]), "items" if unit == "item" else "queries")
+                          name, "items" if unit == "item" else "queries")
+
+
+def mean_ndcg(scores, y, qid, weight):
+    """Weighted mean over queries of ``sklearn.metrics.ndcg_score`` (see ``score``)."""
+    _, code = np.unique(qid, return_inverse=True)
+    code = code.ravel()
+    order = np.argsort(code, kind="stable")
+    sizes = np.bincount(code)
+    query_weight = np.bincount(code, weights=weight) / sizes
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    total, count = 0.0, 0.0
+    for size in np.unique(sizes[sizes > 1]):
+        # queries of equal size go to ndcg_score together, which returns
+        # the weighted mean of their per-query NDCGs
+        qs = np.flatnonzero(sizes == size)
+        rows = order[bounds[qs][:, None] + np.arange(size)]
+        if query_weight[qs].sum() > 0:
+            total += ndcg_score(y[rows], scores[rows],
+                                sample_weight=query_weight[qs]) * query_weight[qs].sum()
+            count += query_weight[qs].sum()
+    if count == 0:
+        raise ValueError("NDCG needs at least one query with two items or more "
+                         "(and a positive weight).")
+    return float(total / count)
+
+
+def smooth_mean_ndcg(params, *, lists, temperature):
+    """ApproxNDCG (Qin, Liu & Li, 2010): NDCG with each item's rank made smooth.
+
+    ``rank_i = 1 + sum_{j != i} sigmoid((s_j - s_i) / temperature)`` in
+    ``DCG = sum_i y_i / log2(1 + rank_i)`` (sklearn's linear gains), over the
+    queries of two items or more; a differentiable stand-in for
+    :func:`mean_ndcg` that guides the robustness search between refits.
+    """
+    Q, L = lists.valid.shape
+    s = anp.reshape(anp.dot(lists.X, params), (Q, L))
+    valid = lists.valid
+    diff = (s[:, None, :] - s[:, :, None]) / temperature           # [q, i, j] = s_j - s_i
+    other = valid[:, None, :] * (1.0 - np.eye(L))[None]
+    rank = 1.0 + anp.sum(other * 0.5 * (1.0 + anp.tanh(0.5 * diff)), axis=2)
+    dcg = anp.sum(valid * lists.labels / anp.log2(1.0 + rank), axis=1)
+    ideal = np.sum(valid * lists.labels / np.log2(2.0 + np.arange(L)), axis=1)
+    keep = (valid.sum(axis=1) > 1) & (ideal > 0)
+    return anp.sum(anp.where(keep, dcg / np.where(keep, ideal, 1.0), 0.0)) / max(
+        (valid.sum(axis=1) > 1).sum(), 1)
+
+
+def _coefficient(params, *, j):
+    return params[j]
+
+
+def _shifted(function, params, *, shift):
+    return function(params) - shift
+
+
+def _test_ndcg(params, *, X, y, qid, weight):
+    return mean_ndcg(X @ params, y, qid, weight)
