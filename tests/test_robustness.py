@@ -339,3 +339,45 @@ def test_cli_prints_refits_and_robustness(capsys):
     printed = [float(v) for v in table.splitlines()[2].split()[-7:]]
     np.testing.assert_allclose(printed, truth, atol=6e-5)  # printed to 4 decimals
     assert main(["cox", "--robustness", "nope"]) == 1
+
+
+def _ranking_data(seed):
+    rng = np.random.default_rng(seed)
+    n_q, size, w = 30, 6, np.array([1.0, 0.3, 0.0])
+
+    def draw(queries):
+        X = rng.normal(size=(queries * size, 3))
+        y = np.clip(np.round(X @ w + 1.5 * rng.normal(size=queries * size)), 0, 3)
+        return X, y, np.repeat(np.arange(queries), size)
+
+    return draw(n_q), draw(15)
+
+
+@pytest.mark.parametrize("margin", [0.005, 0.02])
+def test_ranker_ndcg_robustness_confirmed_by_independent_refits(margin):
+    # issue 12: "would the test NDCG stay above the baseline without some queries?"
+    from skvif import ListwiseRankerInfluence
+    (X, y, qid), (Xt, yt, qt) = _ranking_data(3)
+    model = ListwiseRankerInfluence().fit(X, y, qid=qid)
+    baseline = model.score(Xt, yt, qt) - margin
+    result = model.robustness_(target="ndcg", X=Xt, y=yt, qid=qt, unit="query",
+                               baseline=baseline, max_fraction=0.3)["sign"]
+    assert result.found and result.confirmed
+    keep = ~np.isin(qid, result.units)
+    refit = ListwiseRankerInfluence().fit(X[keep], y[keep], qid=qid[keep])
+    assert refit.score(Xt, yt, qt) < baseline
+    np.testing.assert_allclose(result.estimate, refit.score(Xt, yt, qt) - baseline, atol=1e-6)
+    if result.n_removed > 1:  # no single query would do: the set is minimal among singles
+        for q in range(30):
+            alone = ListwiseRankerInfluence().fit(X[qid != q], y[qid != q], qid=qid[qid != q])
+            assert alone.score(Xt, yt, qt) >= baseline
+
+
+def test_ranker_ndcg_robustness_needs_a_test_set():
+    from skvif import ListwiseRankerInfluence
+    (X, y, qid), _ = _ranking_data(0)
+    model = ListwiseRankerInfluence().fit(X, y, qid=qid)
+    with pytest.raises(ValueError, match="needs the test set"):
+        model.robustness_(target="ndcg")
+    with pytest.raises(ValueError, match="needs feature"):
+        model.robustness_()

@@ -133,16 +133,35 @@ class _Statistics:
             self.frac = np.where(valid, k / np.maximum(d, 1), 0.0)
             self.a = np.where(valid, self.S0[g] - self.frac * self.D0[g], 1.0)
             self.c = np.where(valid, self.W[g] / np.maximum(d, 1), 0.0)
-        g = self.slot_group
-        self.m = (self.S1[:, g] - self.frac * self.D1[:, g]) / self.a
-        # where each stratum's slots start
-        self.slot_starts = np.searchsorted(rs.group_stratum[g], np.arange(rs.n_strata))
+        # where each stratum's slots (and groups) start
+        strata = np.arange(rs.n_strata)
+        self.slot_starts = np.searchsorted(rs.group_stratum[self.slot_group], strata)
+        self.group_starts = np.searchsorted(rs.group_stratum, strata)
+        self._m = None
 
-    def interval_sums(self, values, lo, hi, rows):
-        """``sum(values[..., lo_i:hi_i])`` per row, each interval inside the row's stratum."""
-        cum = segment_cumsum(values, self.slot_starts)
+    @property
+    def m(self):
+        """Each slot's weighted covariate mean, (p, n_slots) (formed on first use)."""
+        if self._m is None:
+            g = self.slot_group
+            self._m = (self.S1[:, g] - self.frac * self.D1[:, g]) / self.a
+        return self._m
+
+    def per_group(self, values):
+        """Sums of per-slot ``values`` (..., n_slots) over each group's slots."""
+        if values.shape[-1] == 0:
+            return values
+        return np.add.reduceat(values, self.bounds[:-1], axis=-1)
+
+    def interval_sums(self, values, lo, hi, rows, starts=None):
+        """``sum(values[..., lo_i:hi_i])`` per row, each interval inside the row's stratum.
+
+        Over slots, or over groups with ``starts=self.group_starts``.
+        """
+        starts = self.slot_starts if starts is None else starts
+        cum = segment_cumsum(values, starts)
         cum = np.concatenate([np.zeros(values.shape[:-1] + (1,), cum.dtype), cum], axis=-1)
-        start = self.slot_starts[self.rs.row_stratum[rows]]
+        start = starts[self.rs.row_stratum[rows]]
         upper = np.where(hi > start, cum[..., hi], 0.0)  # cum[j]: slots [start, j)
         lower = np.where(lo > start, cum[..., lo], 0.0)
         return upper - lower
@@ -193,19 +212,24 @@ def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     """
     st = _Statistics(X @ params, X, rs, weights, ties, design)
     g_lo, g_hi = _at_risk_intervals(rs)
-    rows = np.arange(X.shape[0])
-    A = st.interval_sums(st.c / st.a, st.bounds[g_lo], st.bounds[g_hi], rows)
-    B = np.add.reduceat(st.c * st.frac / st.a, st.bounds[:-1]) if st.c.size else st.c
+    # per group: sum_s c_s f_s^k / a_s^j over its slots (m_s = (S1 - f_s D1) / a_s), so
+    # that nothing of size (p, n_slots) is formed
+    inv = st.c / st.a
+    b0, b1 = st.per_group(inv), st.per_group(inv * st.frac)
+    inv2 = inv / st.a
+    q0, q1, q2 = (st.per_group(inv2 * st.frac ** k) for k in range(3))
+    A = st.interval_sums(b0, g_lo, g_hi, np.arange(X.shape[0]), st.group_starts)
     v = st.r * A
-    v[rs.deaths] -= st.r[rs.deaths] * B[rs.death_group]
-    p = X.shape[1]
-    H = alpha * np.eye(p) - (st.m * st.c) @ st.m.T
+    v[rs.deaths] -= st.r[rs.deaths] * b1[rs.death_group]
+    S1, D1 = st.S1, st.D1
+    cross = (S1 * q1) @ D1.T
+    H = alpha * np.eye(X.shape[1]) - (S1 * q0) @ S1.T + cross + cross.T - (D1 * q2) @ D1.T
     for start in range(0, X.shape[0], _ROWS):
         block = X[start:start + _ROWS]
         H += block.T @ (block * v[start:start + _ROWS, None])
     death_weight = np.zeros(X.shape[0])
     death_weight[rs.deaths] = weights[rs.deaths]
-    gradient = st.m @ st.c - X.T @ death_weight + alpha * params
+    gradient = S1 @ b0 - D1 @ b1 - X.T @ death_weight + alpha * params
     return gradient, 0.5 * (H + H.T)
 
 

@@ -49,15 +49,16 @@ class RiskSets:
 
         # tie groups: distinct (stratum, time) among events, sorted by stratum then time
         ev = np.flatnonzero(event)
-        keys = np.stack([codes[ev], time[ev]], axis=1)
-        uniq, death_group = np.unique(keys, axis=0, return_inverse=True)
-        death_group = np.ravel(death_group)
-        self.group_stratum = uniq[:, 0].astype(np.intp)
-        self.group_time = uniq[:, 1]
-        order = np.argsort(death_group, kind="stable")
+        order = np.lexsort((time[ev], codes[ev]))  # stable: tied deaths in row order
+        stratum_sorted, time_sorted = codes[ev][order], time[ev][order]
+        first = np.ones(ev.size, dtype=bool)
+        first[1:] = (stratum_sorted[1:] != stratum_sorted[:-1]) | (
+            time_sorted[1:] != time_sorted[:-1])
+        self.group_stratum = stratum_sorted[first].astype(np.intp)
+        self.group_time = time_sorted[first]
         self.deaths = ev[order]  # event rows ordered by group
-        self.death_group = death_group[order]
-        counts = np.bincount(self.death_group, minlength=len(uniq))
+        self.death_group = np.cumsum(first) - 1
+        counts = np.bincount(self.death_group, minlength=self.group_time.size)
         self.death_bounds = np.concatenate([[0], np.cumsum(counts)])
         # Efron slots: the k-th tied death of its group, k = 0..d_g-1
         self.slot_group = self.death_group
