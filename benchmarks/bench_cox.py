@@ -3,12 +3,12 @@
 Usage: ``python benchmarks/bench_cox.py [section ...]`` with sections
 ``rossi``, ``delta_beta`` (n=10,000), ``refits`` (n=2,000), ``large`` (n=100,000),
 ``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all of those.
-``scale [n,p ...]`` (not in the default run: about 20 minutes) runs every tool in its own
-process at n = 1e4, 1e5, 1e6 with p = 20 and n = 1e5 with p = 100 (or the sizes given,
-e.g. ``scale 1e5,20``): skvif fit and fit + all-rows vif / if / newton, lifelines fit and
-fit + delta_beta, R ``coxph`` and ``residuals(fit, "dfbeta")`` (when ``Rscript`` and R's
-survival are installed), statsmodels ``PHReg``, scikit-survival; wall time and peak
-resident memory of each process.
+``scale [n,p ...] [--tools=a,b]`` (not in the default run: it takes about an hour) runs
+every tool in its own process at n = 1e4, 1e5, 1e6 with p = 20 and n = 1e5 with p = 100
+(or the sizes given, e.g. ``scale 1e5,20``; ``--tools`` picks some tools only): skvif fit
+and fit + all-rows vif / if / newton, lifelines fit and fit + delta_beta, R ``coxph`` and
+``residuals(fit, "dfbeta")`` (when ``Rscript`` and R's survival are installed),
+statsmodels ``PHReg``, scikit-survival; wall time and peak resident memory of each process.
 Every section prints its own ratios; nothing here is asserted.
 """
 
@@ -260,7 +260,10 @@ def _run_tool(tool, n, p, timeout):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def scale(*sizes):
+def scale(*args):
+    """``args``: sizes ``n,p`` and optionally ``--tools=skvif,skvif-vif,...``."""
+    only = [a.split("=", 1)[1].split(",") for a in args if a.startswith("--tools=")]
+    sizes = [a for a in args if not a.startswith("--tools=")]
     sizes = [tuple(int(float(v)) for v in s.split(",")) for s in sizes] or [
         (10_000, 20), (100_000, 20), (1_000_000, 20), (100_000, 100)]
     have_r = shutil.which("Rscript") is not None and subprocess.run(
@@ -268,6 +271,7 @@ def scale(*sizes):
     tools = ["skvif", "skvif-vif", "skvif-if", "skvif-newton", "lifelines",
              "lifelines-delta_beta", "statsmodels", "sksurv"]
     tools += ["R-fit", "R-dfbeta"] if have_r else []
+    tools = [t for t in tools if not only or t in only[0]]
     print("== Cox at scale: wall seconds (peak resident MiB) per process; tied times "
           "(n / 100 distinct), ~30 % censored ==")
     if not have_r:

@@ -52,7 +52,7 @@ def test_bad_input_is_one_line_error(tmp_path):
     cases = [
         ("cox", "--data", str(tmp_path / "missing.csv"), "--duration", "t", "--event", "e"),
         ("cox", "--data", str(bad), "--duration", "t", "--event", "nope"),
-        ("cox", "--data", str(bad), "--duration", "t", "--event", "e"),
+        ("cox", "--data", str(bad), "--duration", "g", "--event", "e"),  # text durations
         ("cox", "--data", str(bad)),
         ("cox", "--top", "-2"),
         ("cox", "--top", "abc"),  # argparse's own errors are one line too

@@ -481,10 +481,11 @@ def test_leave_out_singular_hessian_is_named():
     with pytest.warns(UserWarning, match=r"Without the unit\(s\) at positions \[3\] the "
                                          r"Hessian .* is singular.*damping > 0"):
         newton = model.influence_(method="newton")
-    # (removing the last event, row 18, also leaves the dummy's likelihood monotone)
+    # (removing the last event, row 18, also leaves the dummy's likelihood monotone; row
+    # 3's refit may converge along the flat direction, which the singular warning names)
     with pytest.warns(UserWarning, match=r"positions \[3[,\]].* no unique minimum"), \
             pytest.warns(ConvergenceWarning, match=r"refits did not converge.*positions "
-                                                   r"\[3, 18\]"):
+                                                   r"\[(3, )?18\]"):
         loo = model.influence_(method="loo")
     # the identifiable coefficients are still right for that row
     np.testing.assert_allclose(newton[3, :3], loo[3, :3], rtol=0.05)
