@@ -626,6 +626,35 @@ def test_karate_node_influence_tracks_refits(karate):
     assert np.isfinite(vif).sum() == 34 * N_PAIRS - 2 * N_PAIRS
 
 
+@pytest.mark.parametrize("unit", ["edge", "node"])
+def test_refine_replaces_the_largest_changes_by_exact_refits(karate, unit):
+    """refine=k: the k units of largest RMS estimated change equal their exact refits."""
+    _, model, pairs, _ = karate
+    exact = cached(karate, unit, "loo")
+    fast = cached(karate, unit, "vif")
+    k = 5
+    refined, is_exact = model.influence_(pairs, unit=unit, refine=k, return_exact=True)
+    size = np.sqrt(np.mean(np.nan_to_num(fast) ** 2, axis=1))
+    top = np.argsort(-size, kind="stable")[:k]
+    np.testing.assert_array_equal(np.flatnonzero(is_exact), np.sort(top))
+    np.testing.assert_allclose(refined[is_exact], exact[is_exact], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(refined[~is_exact], fast[~is_exact])
+    assert np.array_equal(np.isnan(refined), np.isnan(fast))  # removed-node pairs stay NaN
+    # the refits are the rows of the largest changes, and fix what the estimate got wrong
+    assert np.nanmax(np.abs(refined[is_exact] - fast[is_exact])) > 1e-3
+    frame, marker = model.influence_(pairs, unit=unit, refine=k, as_frame=True,
+                                     return_exact=True)
+    assert frame.attrs["exact"].equals(marker) and marker.sum() == k
+    np.testing.assert_array_equal(frame.to_numpy(), refined)
+    labels = model.nodes_ if unit == "node" else model.edges_
+    assert list(marker.index[marker]) == [labels[t] for t in np.sort(top)]
+    loo, loo_exact = model.influence_(pairs, unit=unit, method="loo",
+                                      units=[labels[t] for t in top[:2]], refine=1,
+                                      return_exact=True)
+    assert loo_exact.all()
+    np.testing.assert_allclose(loo, exact[top[:2]], rtol=0, atol=1e-9)
+
+
 def test_florentine_is_measured(florentine):
     # a 15-node graph: reported, asserted loosely only
     for unit in ("edge", "node"):
@@ -763,6 +792,9 @@ def test_bad_input(florentine):
         model.influence_(3)
     with pytest.raises(ValueError, match="empty"):
         model.influence_([])
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="refine"):
+            model.influence_(pairs, refine=bad)
 
 
 def test_docstring_example_runs():

@@ -17,6 +17,7 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from .._engine import METHODS, SOLVERS, check_choice, check_nonnegative
+from .._robustness import check_refine, refine_rows, with_exactness
 from ._linalg import block_cg, dense_saddle_free_solve, saddle_free_solve
 from ._objective import (LeaveOutChanges, SkipGram, removal_weights, sparse_adjacency,
                          sparse_cooccurrence)
@@ -356,7 +357,8 @@ class NodeEmbeddingInfluence(BaseEstimator):
         return self._objective(weights, sparse_cooccurrence(A, self._fitted_objective[1]), theta)
 
     def influence_(self, pairs, *, target="score", unit="node", method="vif", solver="auto",
-                   damping=None, n_jobs=None, as_frame=False, verbose=0, units=None):
+                   damping=None, n_jobs=None, as_frame=False, verbose=0, units=None,
+                   refine=None, return_exact=False):
         r"""Estimated change of pair scores when each node or edge is removed.
 
         Parameters
@@ -397,6 +399,17 @@ class NodeEmbeddingInfluence(BaseEstimator):
             Only these nodes (``unit="node"``) or edges (``unit="edge"``, either
             orientation); rows of the result then follow this order.
             ``None``: every node or edge.
+        refine : int, default=None
+            After the estimate for every unit, recompute the ``refine`` units
+            with the largest estimated change by exact refit (as
+            ``method="loo"``, only those units). Size of a change: the root
+            mean square of the unit's pair-score changes (the NaN entries of
+            pairs that contain a removed node count as 0).
+        return_exact : bool, default=False
+            Also return which units are exact refits: a boolean ndarray of
+            shape ``(n_units,)``, or with ``as_frame`` a boolean Series named
+            ``exact`` indexed like the result. With ``refine`` and
+            ``as_frame`` the result also carries it as ``frame.attrs["exact"]``.
 
         Returns
         -------
@@ -405,6 +418,8 @@ class NodeEmbeddingInfluence(BaseEstimator):
             score_j(fit on G)``. For ``unit="node"`` the entries of pairs that
             contain the removed node itself are NaN (the pair no longer
             exists).
+        is_exact : ndarray or pandas.Series of bool
+            Only with ``return_exact``.
         """
         check_is_fitted(self)
         check_choice(target, "target", TARGETS)
@@ -418,6 +433,32 @@ class NodeEmbeddingInfluence(BaseEstimator):
                              "(see the class Notes).")
         index = self._pair_index(pairs)
         positions, unit_index = self._unit_index(unit, units)
+        refine = check_refine(refine, len(unit_index))
+        out = self._estimate(index, unit, unit_index, positions, method, solver, damping,
+                             verbose)
+        if unit == "node":  # pairs that contain the removed node no longer exist
+            rows = np.asarray(unit_index)[:, None]
+            gone = (rows == index[:, 0]) | (rows == index[:, 1])
+            out[gone] = 0.0
+        is_exact = np.full(len(unit_index), method == "loo")
+        if refine and method != "loo":
+            out, is_exact = refine_rows(out, refine, lambda top: self._estimate(
+                index, unit, [unit_index[k] for k in top], positions[top], "loo", solver,
+                damping, verbose))
+        if unit == "node":
+            out[gone] = np.nan
+        labels = ([self.nodes_[k] for k in positions] if unit == "node"
+                  else [self.edges_[k] for k in positions])
+        labels = (pd.Index(labels, tupleize_cols=False) if unit == "node"
+                  else pd.MultiIndex.from_tuples(labels))
+        if as_frame:
+            columns = pd.MultiIndex.from_tuples([(self.nodes_[a], self.nodes_[b])
+                                                 for a, b in index], names=["u", "v"])
+            out = pd.DataFrame(out, index=labels, columns=columns)
+        return with_exactness(out, is_exact, labels, as_frame, refine, return_exact)
+
+    def _estimate(self, index, unit, unit_index, positions, method, solver, damping, verbose):
+        """``(len(unit_index), n_pairs)`` changes of the pair scores by one method."""
         theta = self._params()
         objective = self._objective(anchor=theta)
         J = _pair_jacobian(theta, index, len(self.nodes_), self.embedding_.shape[1])
@@ -425,10 +466,10 @@ class NodeEmbeddingInfluence(BaseEstimator):
                  or (solver == "auto" and theta.size < _DENSE_MAX_PARAMS))
         log = _progress(verbose, f"{method} {unit}s", len(unit_index))
         if method in ("vif", "if"):
-            out = self._linearized(objective, theta, J, unit, unit_index, method, dense,
-                                   damping, log)
-        elif method == "newton":
-            out = np.empty((len(unit_index), index.shape[0]))
+            return self._linearized(objective, theta, J, unit, unit_index, method, dense,
+                                    damping, log)
+        out = np.empty((len(unit_index), index.shape[0]))
+        if method == "newton":
             for k, unit_pos in enumerate(unit_index):
                 leave_out = self._leave_out(unit, unit_pos, theta)
                 g = leave_out.value_and_grad(theta)[1]
@@ -438,34 +479,22 @@ class NodeEmbeddingInfluence(BaseEstimator):
                     step = saddle_free_solve(lambda v: leave_out.hvp(theta, v), g, damping)
                 out[k] = -(J @ step)
                 log(k + 1)
-        else:
-            base = _pair_scores(theta, index, len(self.nodes_), self.embedding_.shape[1])
-            out = np.empty((len(unit_index), index.shape[0]))
-            failed = []
-            for k, unit_pos in enumerate(unit_index):
-                refit, converged = _polish(
-                    lambda th, u=unit_pos: self._leave_out(unit, u, theta), theta,
-                    fixed_anchor=True)
-                failed += [] if converged else [positions[k]]
-                out[k] = (_pair_scores(refit, index, len(self.nodes_), self.embedding_.shape[1])
-                          - base)
-                log(k + 1)
-            if failed:
-                warnings.warn(f"{len(failed)} leave-one-out refits did not reach a gradient "
-                              f"norm of {1e3 * _GTOL:g} (units at positions {failed[:10]}).",
-                              ConvergenceWarning, stacklevel=2)
-        if unit == "node":
-            rows = np.asarray(unit_index)[:, None]
-            out[(rows == index[:, 0]) | (rows == index[:, 1])] = np.nan
-        if not as_frame:
             return out
-        labels = ([self.nodes_[k] for k in positions] if unit == "node"
-                  else [self.edges_[k] for k in positions])
-        labels = (pd.Index(labels, tupleize_cols=False) if unit == "node"
-                  else pd.MultiIndex.from_tuples(labels))
-        columns = pd.MultiIndex.from_tuples([(self.nodes_[a], self.nodes_[b])
-                                             for a, b in index], names=["u", "v"])
-        return pd.DataFrame(out, index=labels, columns=columns)
+        base = _pair_scores(theta, index, len(self.nodes_), self.embedding_.shape[1])
+        failed = []
+        for k, unit_pos in enumerate(unit_index):
+            refit, converged = _polish(
+                lambda th, u=unit_pos: self._leave_out(unit, u, theta), theta,
+                fixed_anchor=True)
+            failed += [] if converged else [positions[k]]
+            out[k] = (_pair_scores(refit, index, len(self.nodes_), self.embedding_.shape[1])
+                      - base)
+            log(k + 1)
+        if failed:
+            warnings.warn(f"{len(failed)} leave-one-out refits did not reach a gradient "
+                          f"norm of {1e3 * _GTOL:g} (units at positions {failed[:10]}).",
+                          ConvergenceWarning, stacklevel=3)
+        return out
 
     def _linearized(self, objective, theta, J, unit, unit_index, method, dense, damping, log):
         """``"vif"`` / ``"if"``: one damped Hessian solve per pair, then a product per unit."""
