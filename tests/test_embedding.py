@@ -21,6 +21,7 @@ from sklearn.exceptions import NotFittedError
 
 from autograd.tracer import getval
 
+from _accuracy import assert_agrees
 from skvif._engine import check_units, influence
 from skvif.embedding import NodeEmbeddingInfluence
 from skvif.embedding import _estimator as estimator_module
@@ -614,16 +615,28 @@ def test_loo_refits_match_an_independent_refit(karate):
                                got_node, atol=1e-6)
 
 
+def agrees(estimate, exact, **bounds):
+    """``assert_agrees`` on the entries that exist (pairs with a removed node are NaN)."""
+    keep = np.isfinite(estimate) & np.isfinite(exact)
+    assert keep.sum() > 0.9 * np.isfinite(exact).sum()
+    return assert_agrees(estimate[keep], exact[keep], **bounds)
+
+
+# bounds around the values measured by benchmarks/bench_embedding.py (r, slope, max error)
+KARATE_BOUNDS = {
+    ("edge", "vif"): dict(min_r=0.95, slope=(0.70, 0.85), max_error=0.65),      # .960 .766 .571
+    ("edge", "newton"): dict(min_r=0.975, slope=(0.85, 1.0), max_error=0.40),   # .984 .930 .306
+    ("node", "vif"): dict(min_r=0.94, slope=(0.75, 0.90), max_error=0.40),      # .949 .819 .301
+    ("node", "newton"): dict(min_r=0.90, slope=(0.75, 0.95), max_error=0.60),   # .930 .828 .503
+}
+
+
 def test_karate_edge_influence_tracks_refits(karate):
     exact = cached(karate, "edge", "loo")
     assert exact.shape == (78, N_PAIRS)
-    vif = cached(karate, "edge", "vif")
-    newton = cached(karate, "edge", "newton")
-    assert pearson(vif, exact) >= 0.85
-    assert pearson(newton, exact) >= 0.85
-    # same sign convention and scale as the refits (removal minus full), not only correlated
-    slope = (vif.ravel() @ exact.ravel()) / (vif.ravel() @ vif.ravel())
-    assert 0.67 < slope < 1.5
+    for method in ("vif", "newton"):
+        agrees(cached(karate, "edge", method), exact, label=method,
+               **KARATE_BOUNDS["edge", method])
 
 
 def test_karate_node_influence_tracks_refits(karate):
@@ -631,8 +644,8 @@ def test_karate_node_influence_tracks_refits(karate):
     assert exact.shape == (34, N_PAIRS)
     vif = cached(karate, "node", "vif")
     newton = cached(karate, "node", "newton")
-    assert pearson(vif, exact) >= 0.6
-    assert pearson(newton, exact) >= 0.6
+    agrees(vif, exact, label="vif", **KARATE_BOUNDS["node", "vif"])
+    agrees(newton, exact, label="newton", **KARATE_BOUNDS["node", "newton"])
     _, model, pairs, _ = karate
     # pairs containing the removed node no longer exist: NaN, in every method
     for u, v in pairs:
@@ -671,11 +684,13 @@ def test_refine_replaces_the_largest_changes_by_exact_refits(karate, unit):
 
 
 def test_florentine_is_measured(florentine):
-    # a 15-node graph: reported, asserted loosely only
+    # a 15-node graph where one removal rewires much of it: loose bounds around
+    # the measured r 0.62-0.67, slopes 0.40-0.51, max errors 0.69-0.85
     for unit in ("edge", "node"):
         exact = cached(florentine, unit, "loo")
         for method in ("vif", "newton"):
-            assert pearson(cached(florentine, unit, method), exact) > 0.5, (unit, method)
+            agrees(cached(florentine, unit, method), exact, label=f"{unit} {method}",
+                   min_r=0.6, slope=(0.35, 0.6), max_error=0.9)
 
 
 def test_if_method_runs_and_correlates(florentine):

@@ -234,27 +234,28 @@ class NodeEmbeddingInfluence(BaseEstimator):
     correlation and slope of the estimates on warm-started exact refits over
     all (unit, pair) entries, pairs containing a removed node excluded).
     Zachary's karate club (34 nodes, 78 edges), all units, 20 random pairs:
-    edges 0.96 (slope 0.77, vif), 0.95 (if), 0.98 (0.91, newton); nodes
-    0.95 (0.82, vif), 0.93 (if), 0.81 (1.44, newton). Florentine families (15
-    nodes, 20 edges): edges 0.66, 0.64, 0.62; nodes 0.62, 0.63, 0.65. On the
-    small, sparse Florentine graph many edges are bridges and many nodes have
-    one or two neighbours, so one removal rewires a large share of the walks:
-    a large perturbation, which a one-step linearization at the full-data
-    optimum only ranks roughly. On larger graphs (stochastic block models of
-    200 and 1,000 nodes, mean degree 10; 20 sampled units, 10 random pairs)
-    ``"vif"`` reaches 0.99-1.00 with slopes 0.90-0.95 for edges and nodes,
-    ``"newton"`` 1.00 with slopes 0.95-0.96. ``"newton"`` is unreliable for
-    a node whose removal rewires much of the graph: on Les Miserables (77
-    nodes, 20 sampled nodes, 10 pairs) it reaches 0.48 against 0.97 for
-    ``"vif"``, its error dominated by the hub Valjean (36 neighbours). Use
-    ``refine=k`` (exact refits for the ``k`` largest estimated changes) or
-    ``method="loo"`` (30 to 500 times slower than ``"vif"`` on these
-    graphs) when exact numbers matter.
+    edges 0.96 (slope 0.77, vif), 0.95 (if), 0.98 (0.93, newton); nodes
+    0.95 (0.82, vif), 0.93 (if), 0.93 (0.83, newton). Florentine families
+    (15 nodes, 20 edges): edges 0.66, 0.64, 0.65; nodes 0.62, 0.63, 0.67. On
+    the small, sparse Florentine graph many edges are bridges and many nodes
+    have one or two neighbours, so one removal rewires a large share of the
+    walks: a large perturbation, which a one-step linearization at the
+    full-data optimum only ranks roughly. On larger graphs (stochastic block
+    models of 200 and 1,000 nodes, mean degree 10; 20 sampled units, 10
+    random pairs) ``"vif"`` reaches 0.99-1.00 with slopes 0.90-0.95 for edges
+    and nodes, ``"newton"`` 1.00 with slopes 0.99-1.005. ``"newton"`` is
+    unreliable for a node whose removal rewires much of the graph: on Les
+    Miserables (77 nodes, 20 sampled nodes, 10 pairs) it reaches 0.71 (slope
+    0.46) against 0.97 (0.87) for ``"vif"``, its error dominated by the hub
+    Valjean (36 neighbours). Use ``refine=k`` (exact refits for the ``k``
+    largest estimated changes) or ``method="loo"`` (30 to 500 times slower
+    than ``"vif"`` on these graphs) when exact numbers matter.
 
-    **Cost** (same benchmark, one core): a graph of 1,000 nodes and 4,968
-    edges fits in 4 s; ``"vif"`` for all edges then all nodes on 10 pair
-    scores takes 3 s and 1 s, peak memory 256 MiB. At 5,000 nodes and 24,934
-    edges: FIT_5000 s, VIF_5000, peak RSS_5000 MiB.
+    **Cost** (same benchmark, one BLAS thread, a shared 2-core machine): a
+    graph of 1,000 nodes and 4,968 edges fits in 4 s; ``"vif"`` for all
+    edges, then all nodes, on 10 pair scores takes 3 s and 1.3 s, peak
+    memory 256 MiB. At 5,000 nodes and 24,799 edges: fit 168 s of CPU time,
+    all edges 71 s, all nodes 10 s, peak memory 865 MiB.
 
     Examples
     --------
