@@ -167,7 +167,7 @@ class SkipGram:
 
     def _gauge_parts(self, theta, V=None):
         if self.anchor is None:
-            return 0.0, 0.0
+            return 0.0 if V is not None else (0.0, 0.0)
         mask = np.concatenate([self.w, self.w])[:, None]
         if V is not None:  # Hessian-vector products of the (quadratic) gauge
             Vt = V.reshape(2 * self.n, self.d, -1) * mask[..., None]
