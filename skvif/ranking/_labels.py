@@ -34,7 +34,7 @@ DENSE_HESSIAN_MAX_PARAMS = 5000
 _BATCH_SCORES = 2**22
 # The Kronecker preconditioner averages the score Hessians of lists holding about
 # this many numbers at once.
-_KRONECKER_SCORES = 2**26
+_KRONECKER_SCORES = 2**25
 
 
 class ItemLists:
@@ -239,10 +239,17 @@ class PerItemScores(_Scores):
         """
         L = self.n_items
         size = min(self.n_queries, max(1, _KRONECKER_SCORES // (L * L)))
-        qs = np.unique(np.linspace(0, self.n_queries - 1, size).round().astype(np.intp))
-        perm = self._by_item[qs]
-        A = curvature.matrix(qs)[np.arange(qs.size)[:, None, None], perm[:, :, None],
-                                 perm[:, None, :]].mean(axis=0)
+        lists = np.unique(np.linspace(0, self.n_queries - 1, size).round().astype(np.intp))
+        A = np.zeros((L, L))
+        chunk = max(1, _BATCH_SCORES // (L * L))
+        for start in range(0, lists.size, chunk):
+            qs = lists[start:start + chunk]
+            M = curvature.matrix(qs)
+            if not self._item_order:
+                perm = self._by_item[qs]
+                M = M[np.arange(qs.size)[:, None, None], perm[:, :, None], perm[:, None, :]]
+            A += M.sum(axis=0)
+        A /= lists.size
         return 0.5 * (A + A.T), self.F.T @ self.F
 
     def blocks(self, D):
@@ -473,7 +480,7 @@ def newton_cg(problem, params, W, *, tol=1e-9, max_iter=100):
     """
     params = np.array(params, dtype=float)
     f = problem.value(params, W)
-    first = None
+    first, t_last = None, 1.0
     for it in range(1, max_iter + 1):
         point = problem.at(params, W)
         norm = np.linalg.norm(point.gradient)
@@ -481,7 +488,9 @@ def newton_cg(problem, params, W, *, tol=1e-9, max_iter=100):
         # inexact Newton: solved to a relative residual of |g| / |g_0| (at most 0.1),
         # so that steps far from the minimum (often halved) cost few CG iterations
         step, _ = point.solve(-point.gradient, rtol=max(1e-10, min(0.1, norm / first)))
-        t = 1.0
+        # the first trial step: at most 4 times the last accepted fraction of a Newton
+        # step (far from the minimum many steps are halved alike)
+        t = min(1.0, 4.0 * t_last)
         for _ in range(50):
             trial = params + t * step
             f_trial = problem.value(trial, W)
@@ -490,7 +499,7 @@ def newton_cg(problem, params, W, *, tol=1e-9, max_iter=100):
             t *= 0.5
         else:
             return params, it, True  # no decrease possible in floating point
-        params, f = trial, f_trial
+        params, f, t_last = trial, f_trial, t
         if np.max(np.abs(step)) <= tol * (1.0 + np.max(np.abs(params))):
             return params, it, True
     return params, max_iter, False
