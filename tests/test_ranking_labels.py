@@ -108,6 +108,25 @@ def test_closed_forms_match_autograd(loss, kind):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
+def test_kronecker_preconditioner_is_the_inverse_for_identical_lists(loss):
+    # every query with the same features and labels: H = A kron (sum_q x_q x_q^T) + alpha I
+    # exactly, so the Kronecker-factored preconditioner is H^-1 (checked on the dense H)
+    rng = np.random.default_rng(8)
+    n, L = 7, 5
+    labels = np.tile(rng.integers(0, 3, size=L).astype(float), n)
+    lists = ItemLists(labels, np.repeat(np.arange(n), L), np.tile(np.arange(L), n), n, L,
+                      by_label=loss == "listmle")
+    X = np.tile(rng.normal(size=3), (n, 1))
+    problem = ItemRankingProblem(lists, PerItemScores(X, lists, per_query=True), loss, 0.4)
+    point = problem.at(rng.normal(size=problem.n_params), lists.valid)
+    V = rng.normal(size=(3, problem.n_params))
+    M = point.preconditioner(damping=0.1)
+    H = point.hessian() + 0.1 * np.eye(problem.n_params)
+    for v in V:
+        np.testing.assert_allclose(M @ (H @ v), v, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
 def test_large_scores_stay_finite(loss):
     problem, theta, rows = random_problem(loss, "per_position", seed=5, scale=15.0)
     w = np.ones(problem.lists.n_rows)

@@ -136,9 +136,16 @@ class LabelRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator):
 
     **Scale.** Gradients and Hessian-vector products are closed forms in
     the scores (no autograd, about two score evaluations each); the fit,
-    ``"newton"`` and ``"loo"`` use Newton steps solved by conjugate
-    gradients preconditioned with the per-item diagonal blocks of the
-    Hessian, so no ``(p, p)`` array is formed. ``"vif"`` uses the influence
+    ``"newton"`` and ``"loo"`` use inexact Newton steps solved by conjugate
+    gradients, so no ``(p, p)`` array is formed. The preconditioner is, for
+    features per query (multilabel data), the Kronecker product
+    :math:`\bar A \otimes \sum_q x_q x_q^\top` (plus the ridge) of the mean
+    score Hessian of the lists in label order (averaged over at most about
+    34 lists at 1,000 labels) and the features' Gram matrix, inverted through
+    the eigenvectors of both: it captures the coupling of the labels within a
+    list, which makes ListMLE's Hessian ill-conditioned for a per-label
+    block-diagonal preconditioner (about 300 CG iterations instead of 10 at
+    983 labels); otherwise the per-item diagonal blocks of the Hessian. ``"vif"`` uses the influence
     engine: ``solver="direct"`` forms the dense Hessian (refused above 5000
     parameters), ``solver="cg"`` (the ``"auto"`` choice from 2000 on) never
     does.

@@ -512,7 +512,8 @@ class ItemRankerDerivatives:
     (each unit's removal changes the lists it touches: only those are
     re-evaluated), ``hessian`` (dense, up to
     ``DENSE_HESSIAN_MAX_PARAMS`` parameters), ``hessian_vector_product`` and
-    ``preconditioner`` (block Jacobi, one block per item); all at unit
+    ``preconditioner`` (Kronecker-factored for features per query, else
+    block Jacobi, one block per item); all at unit
     weights, without autograd.
     """
 
