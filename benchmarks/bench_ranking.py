@@ -19,14 +19,20 @@ machine are otherwise dominated by thread oversubscription).
 """
 
 import argparse
+import os
+import resource
+import subprocess
+import sys
 import time
-import tracemalloc
 
 import numpy as np
 from autograd import value_and_grad
 from scipy.optimize import minimize as scipy_minimize
 from scipy.stats import pearsonr
 from threadpoolctl import threadpool_limits
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+import _accuracy  # noqa: E402  (the tests' entry-by-entry agreement: one definition)
 
 from skvif._engine import influence
 from skvif.ranking import LabelRankerInfluence, ListwiseRankerInfluence
@@ -115,39 +121,42 @@ def multilabel_data(n_train, n_labels, n_features, label_cardinality, n_valid=50
 
 
 def agreement(estimate, exact):
-    e, x = np.ravel(estimate), np.ravel(exact)
-    return (f"Pearson {pearsonr(e, x)[0]:.5f}, slope {np.polyfit(x, e, 1)[0]:.4f}, "
-            f"max |err| / max |change| {np.abs(e - x).max() / np.abs(x).max():.4f}")
+    got = _accuracy.agreement(estimate, exact)
+    return (f"Pearson {got['r']:.5f}, slope {got['slope']:.4f}, "
+            f"max |err| / max |change| {got['max_error']:.4f}")
+
+
+def timed_cpu(func):
+    """``func()``, its wall time and its CPU time (the machine is shared)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    out = func()
+    return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def run_labels_shape(name, loss, n_train, n_labels, n_features, cardinality, n_units,
-                     n_exact, alpha):
+                     n_exact, alpha, methods):
     """Fit, influence of ``n_units`` labels on the validation losses, ``n_exact`` refits."""
     X, Y, X_val, Y_val = multilabel_data(n_train, n_labels, n_features, cardinality)
     print(f"\n== {name} shape, loss={loss}: {n_train} training instances x {n_labels} labels, "
           f"{n_labels * 9} parameters, {len(X_val)} validation instances, "
           f"{Y.sum(axis=1).mean():.1f} relevant labels per instance ==")
-    tracemalloc.start()
-    ranker, t_fit = timed(lambda: LabelRankerInfluence(loss=loss, alpha=alpha).fit(X, Y))
-    print(f"fit                                {t_fit:8.2f} s   ({ranker.n_iter_} Newton-CG "
-          "iterations)")
+    ranker, t_fit, c_fit = timed_cpu(lambda: LabelRankerInfluence(loss=loss, alpha=alpha).fit(X, Y))
+    print(f"fit                                {t_fit:8.2f} s wall {c_fit:8.2f} s CPU   "
+          f"({ranker.n_iter_} Newton-CG iterations)")
     units = ranker.items_[np.linspace(0, n_labels - 1, n_units).round().astype(int)]
     estimates = {}
-    for method in ["vif", "newton"]:
-        estimates[method], t = timed(lambda: ranker.influence_(
+    for method in methods:
+        estimates[method], t, c = timed_cpu(lambda: ranker.influence_(
             X_val, Y_val, target="loss", units=units, method=method))
-        print(f"influence {method:6s} ({n_units} labels)       {t:8.2f} s   "
-              f"(fit + influence {t_fit + t:.1f} s)")
+        print(f"influence {method:6s} ({n_units} labels)       {t:8.2f} s wall {c:8.2f} s CPU   "
+              f"(fit + influence {t_fit + t:.1f} s wall, {c_fit + c:.1f} s CPU)")
         if method == "vif":
             t_vif = t
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    print(f"peak traced memory (fit + vif + newton): {peak:.0f} MiB")
     sample = units[np.linspace(0, n_units - 1, n_exact).round().astype(int)]
     rows = np.searchsorted(units, sample)
-    exact, t_loo = timed(lambda: ranker.influence_(X_val, Y_val, target="loss", units=sample,
-                                                   method="loo"))
-    print(f"exact refits ({n_exact} labels)                {t_loo:8.2f} s   "
+    exact, t_loo, c_loo = timed_cpu(lambda: ranker.influence_(
+        X_val, Y_val, target="loss", units=sample, method="loo"))
+    print(f"exact refits ({n_exact} labels)                {t_loo:8.2f} s wall {c_loo:8.2f} s CPU "
           f"-> {t_loo / n_exact * n_units:.1f} s for {n_units} labels "
           f"= {t_loo / n_exact * n_units / t_vif:.1f} x vif")
     # the direct part (the removed label masked from the validation lists at the fitted
@@ -158,6 +167,8 @@ def run_labels_shape(name, loss, n_train, n_labels, n_features, cardinality, n_u
               f"{agreement(est[rows], exact)}")
         print(f"  {method:6s} vs exact refits, without the direct part: "
               f"{agreement(est[rows] - direct, exact - direct)}")
+    print(f"peak memory of this run (ru_maxrss): "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB", flush=True)
 
 
 def _direct_part(ranker, X_val, Y_val, units):
@@ -175,21 +186,32 @@ def run_labels(args):
 
     ``make_multilabel_classification`` data reduced by ``TruncatedSVD(8)``:
     Mediamill, 5,000 training instances, 120 features, 101 labels (about 4
-    per instance), 909 parameters, every label removed and refit exactly;
-    Delicious, ``--delicious-train`` training instances (default 5,000; the
-    real set has 12,920), 500 features, 983 labels (about 19 per instance),
-    8,847 parameters, 100 labels removed, ``--sample-labels`` of them refit
-    exactly. Both on 500 validation instances, with ``LabelRankerInfluence``
-    (per-label scores, ``alpha=--alpha``); the default solvers (dense below
-    2,000 parameters, preconditioned conjugate gradients above).
+    per instance), 909 parameters, every label removed (``vif`` and
+    ``newton``) and refit exactly; Delicious, ``--delicious-train`` training
+    instances (default 5,000; the real set has 12,920), 500 features, 983
+    labels (about 19 per instance), 8,847 parameters, 100 labels removed
+    (``vif``), ``--sample-labels`` of them refit exactly. Both on 500
+    validation instances, with ``LabelRankerInfluence`` (per-label scores,
+    ``alpha=--alpha``); the default solvers (dense below 2,000 parameters,
+    preconditioned conjugate gradients above). Each (shape, loss) runs in
+    its own process, which reports its peak resident memory.
     """
-    for loss in (["listnet", "listmle"] if args.loss == "both" else [args.loss]):
-        if args.shape in ("both", "mediamill"):
-            run_labels_shape("Mediamill", loss, 5000, 101, 120, 4, 101, args.mediamill_exact,
-                             args.alpha)
-        if args.shape in ("both", "delicious"):
-            run_labels_shape("Delicious", loss, args.delicious_train, 983, 500, 19, 100,
-                             args.sample_labels, args.alpha)
+    if args.shape == "both" or args.loss == "both":
+        for loss in (["listnet", "listmle"] if args.loss == "both" else [args.loss]):
+            for shape in (["mediamill", "delicious"] if args.shape == "both" else [args.shape]):
+                command = [sys.executable, __file__, "labels", "--shape", shape, "--loss", loss,
+                           "--alpha", str(args.alpha), "--threads", str(args.threads),
+                           "--mediamill-exact", str(args.mediamill_exact),
+                           "--delicious-train", str(args.delicious_train),
+                           "--sample-labels", str(args.sample_labels)]
+                subprocess.run(command, check=True)
+        return
+    if args.shape == "mediamill":
+        run_labels_shape("Mediamill", args.loss, 5000, 101, 120, 4, 101, args.mediamill_exact,
+                         args.alpha, ["vif", "newton"])
+    else:
+        run_labels_shape("Delicious", args.loss, args.delicious_train, 983, 500, 19, 100,
+                         args.sample_labels, args.alpha, ["vif"])
 
 
 def main():

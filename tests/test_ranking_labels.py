@@ -108,6 +108,25 @@ def test_closed_forms_match_autograd(loss, kind):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
+def test_kronecker_preconditioner_is_the_inverse_for_identical_lists(loss):
+    # every query with the same features and labels: H = A kron (sum_q x_q x_q^T) + alpha I
+    # exactly, so the Kronecker-factored preconditioner is H^-1 (checked on the dense H)
+    rng = np.random.default_rng(8)
+    n, L = 7, 5
+    labels = np.tile(rng.integers(0, 3, size=L).astype(float), n)
+    lists = ItemLists(labels, np.repeat(np.arange(n), L), np.tile(np.arange(L), n), n, L,
+                      by_label=loss == "listmle")
+    X = np.tile(rng.normal(size=3), (n, 1))
+    problem = ItemRankingProblem(lists, PerItemScores(X, lists, per_query=True), loss, 0.4)
+    point = problem.at(rng.normal(size=problem.n_params), lists.valid)
+    V = rng.normal(size=(3, problem.n_params))
+    M = point.preconditioner(damping=0.1)
+    H = point.hessian() + 0.1 * np.eye(problem.n_params)
+    for v in V:
+        np.testing.assert_allclose(M @ (H @ v), v, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
 def test_large_scores_stay_finite(loss):
     problem, theta, rows = random_problem(loss, "per_position", seed=5, scale=15.0)
     w = np.ones(problem.lists.n_rows)
@@ -315,3 +334,31 @@ def test_mediamill_shape(loss):
     est = ranker.influence_(Z[5000:], Y[5000:], target="loss", units=units)
     exact = ranker.influence_(Z[5000:], Y[5000:], target="loss", units=units, method="loo")
     assert_agrees(est, exact, min_r=0.999, slope=(0.98, 1.02), max_error=0.05, label=loss)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_refine_recomputes_the_largest_changes_by_exact_refit(loss):
+    X, Y, X_test, Y_test = multilabel(200, 8, seed=4)
+    ranker = LabelRankerInfluence(loss=loss, alpha=1.0).fit(X, Y)
+    exact = ranker.influence_(X_test, Y_test, target="loss", method="loo")
+    vif = ranker.influence_(X_test, Y_test, target="loss")
+    refined, is_exact = ranker.influence_(X_test, Y_test, target="loss", refine=3,
+                                          return_exact=True)
+    top = np.argsort(-np.sqrt(np.mean(vif ** 2, axis=1)))[:3]
+    np.testing.assert_array_equal(np.flatnonzero(is_exact), np.sort(top))
+    # the refined units are exact refits, the others the unrefined estimate
+    np.testing.assert_allclose(refined[is_exact], exact[is_exact], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(refined[~is_exact], vif[~is_exact])
+    assert np.abs(vif[is_exact] - exact[is_exact]).max() > 1e-6  # refinement changed them
+    # parameters, and the frame's marker
+    coef_exact = ranker.influence_(method="loo", units=[2, 5])
+    coef = ranker.influence_(method="newton", units=[2, 5], refine=1)
+    k = np.argmax(np.sqrt(np.mean(ranker.influence_(method="newton", units=[2, 5]) ** 2,
+                                  axis=(1, 2))))
+    np.testing.assert_allclose(coef[k], coef_exact[k], rtol=1e-9, atol=1e-12)
+    frame = ranker.influence_(X_test, Y_test, target="loss", refine=2, as_frame=True)
+    assert frame.attrs["exact"].sum() == 2 and frame.attrs["exact"].name == "exact"
+    np.testing.assert_allclose(frame.to_numpy()[frame.attrs["exact"].to_numpy()],
+                               exact[frame.attrs["exact"].to_numpy()], rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="refine"):
+        ranker.influence_(refine=-1)

@@ -32,6 +32,9 @@ __all__ = ["ItemLists", "SharedLinearScores", "PerItemScores", "ScoreCurvature",
 DENSE_HESSIAN_MAX_PARAMS = 5000
 # Hessian-vector products evaluated together hold about this many scores at once.
 _BATCH_SCORES = 2**22
+# The Kronecker preconditioner averages the score Hessians of lists holding about
+# this many numbers at once.
+_KRONECKER_SCORES = 2**25
 
 
 class ItemLists:
@@ -225,6 +228,30 @@ class PerItemScores(_Scores):
         H = H.reshape(L, L, b, b).transpose(0, 2, 1, 3).reshape(L * b, L * b)
         return 0.5 * (H + H.T)
 
+    def kronecker_factors(self, curvature):
+        """Factors ``(A, C)`` with ``H ~ A kron C``, for features per query.
+
+        ``A`` is the mean score Hessian of the lists in item order, over at
+        most ``_KRONECKER_LISTS`` lists spread evenly over the queries (a
+        preconditioner needs no exact mean), and ``C = sum_q x_q x_q^T``
+        (intercept column included): exact when every query has the same
+        features and curvature.
+        """
+        L = self.n_items
+        size = min(self.n_queries, max(1, _KRONECKER_SCORES // (L * L)))
+        lists = np.unique(np.linspace(0, self.n_queries - 1, size).round().astype(np.intp))
+        A = np.zeros((L, L))
+        chunk = max(1, _BATCH_SCORES // (L * L))
+        for start in range(0, lists.size, chunk):
+            qs = lists[start:start + chunk]
+            M = curvature.matrix(qs)
+            if not self._item_order:
+                perm = self._by_item[qs]
+                M = M[np.arange(qs.size)[:, None, None], perm[:, :, None], perm[:, None, :]]
+            A += M.sum(axis=0)
+        A /= lists.size
+        return 0.5 * (A + A.T), self.F.T @ self.F
+
     def blocks(self, D):
         b = self.block_size
         outer = (self.F[:, :, None] * self.F[:, None, :]).reshape(-1, b * b)
@@ -391,12 +418,17 @@ class _Point:
         return 0.5 * (H + H.T)
 
     def preconditioner(self, damping=0.0):
-        """Block-Jacobi ``M ~ (H + damping I)^-1``: one block per item (or one for all)."""
-        if self._blocks is None:
-            self._blocks = self.problem.scores.blocks(self.curvature.diagonal())
-        b = self._blocks.shape[-1]
-        inv = np.linalg.inv(self._blocks + (self.problem.alpha + damping) * np.eye(b))
+        """``M ~ (H + damping I)^-1``: Kronecker-factored for features per query,
+        else block Jacobi (one block per item, or one for all)."""
+        ridge = self.problem.alpha + damping
         p = self.problem.n_params
+        scores = self.problem.scores
+        if getattr(scores, "per_query", False):
+            return _kronecker_inverse(*scores.kronecker_factors(self.curvature), ridge)
+        if self._blocks is None:
+            self._blocks = scores.blocks(self.curvature.diagonal())
+        b = self._blocks.shape[-1]
+        inv = np.linalg.inv(self._blocks + ridge * np.eye(b))
 
         def apply(v):
             v = np.reshape(v, (inv.shape[0], -1))
@@ -413,8 +445,28 @@ class _Point:
         return x, info == 0
 
 
+def _kronecker_inverse(A, C, ridge):
+    r"""``(A \otimes C + ridge I)^{-1}`` as a LinearOperator, by the eigenvectors of both.
+
+    Parameters run item-major (``n_items`` blocks of ``C``'s size), so the
+    operator acts on ``V`` of shape ``(n_items, b)`` as
+    ``U_A ((U_A^T V U_C) / (lambda_A lambda_C^T + ridge)) U_C^T``.
+    """
+    lam_a, U_a = np.linalg.eigh(A)
+    lam_c, U_c = np.linalg.eigh(C)
+    denominator = np.outer(np.maximum(lam_a, 0.0), np.maximum(lam_c, 0.0)) + ridge
+    shape = (U_a.shape[0], U_c.shape[0])
+    p = shape[0] * shape[1]
+
+    def apply(v):
+        V = np.reshape(v, shape)
+        return (U_a @ ((U_a.T @ V @ U_c) / denominator) @ U_c.T).ravel()
+
+    return LinearOperator((p, p), matvec=apply, dtype=float)
+
+
 def newton_cg(problem, params, W, *, tol=1e-9, max_iter=100):
-    """Minimize ``J(., W)`` by Newton steps solved by preconditioned CG, with step halving.
+    """Minimize ``J(., W)`` by inexact Newton steps (preconditioned CG), with step halving.
 
     ``J`` is strongly convex (``alpha > 0``: convex losses of linear scores
     plus a ridge), so each step is a descent direction. Converged once a full
@@ -428,10 +480,17 @@ def newton_cg(problem, params, W, *, tol=1e-9, max_iter=100):
     """
     params = np.array(params, dtype=float)
     f = problem.value(params, W)
+    first, t_last = None, 1.0
     for it in range(1, max_iter + 1):
         point = problem.at(params, W)
-        step, _ = point.solve(-point.gradient)
-        t = 1.0
+        norm = np.linalg.norm(point.gradient)
+        first = first or norm or 1.0
+        # inexact Newton: solved to a relative residual of |g| / |g_0| (at most 0.1),
+        # so that steps far from the minimum (often halved) cost few CG iterations
+        step, _ = point.solve(-point.gradient, rtol=max(1e-10, min(0.1, norm / first)))
+        # the first trial step: at most 4 times the last accepted fraction of a Newton
+        # step (far from the minimum many steps are halved alike)
+        t = min(1.0, 4.0 * t_last)
         for _ in range(50):
             trial = params + t * step
             f_trial = problem.value(trial, W)
@@ -440,7 +499,7 @@ def newton_cg(problem, params, W, *, tol=1e-9, max_iter=100):
             t *= 0.5
         else:
             return params, it, True  # no decrease possible in floating point
-        params, f = trial, f_trial
+        params, f, t_last = trial, f_trial, t
         if np.max(np.abs(step)) <= tol * (1.0 + np.max(np.abs(params))):
             return params, it, True
     return params, max_iter, False
@@ -453,7 +512,8 @@ class ItemRankerDerivatives:
     (each unit's removal changes the lists it touches: only those are
     re-evaluated), ``hessian`` (dense, up to
     ``DENSE_HESSIAN_MAX_PARAMS`` parameters), ``hessian_vector_product`` and
-    ``preconditioner`` (block Jacobi, one block per item); all at unit
+    ``preconditioner`` (Kronecker-factored for features per query, else
+    block Jacobi, one block per item); all at unit
     weights, without autograd.
     """
 
