@@ -23,7 +23,8 @@ import scipy.linalg
 from autograd import grad, jacobian
 from autograd.differential_operators import make_jvp_reversemode
 from joblib import Parallel, delayed
-from scipy.sparse.linalg import LinearOperator, cg
+from scipy.optimize import minimize as scipy_minimize
+from scipy.sparse.linalg import LinearOperator, cg, minres
 from sklearn.exceptions import ConvergenceWarning
 
 from ._progress import progress_bar
@@ -341,6 +342,44 @@ def _chord_iterations(lossb, P, W, solve, *, tol, scale, max_iter=_CHORD_MAX_ITE
     return P, converged
 
 
+def minimize_hessian_free(loss, params, weights, *, gtol, max_iter=100):
+    """Minimize ``loss(., weights)`` from ``params`` without ever forming a Hessian.
+
+    Trust-region Newton-CG (:func:`scipy.optimize.minimize` with
+    ``method="trust-ncg"``) on autograd Hessian-vector products: memory
+    ``O(p)``, each iteration a truncated conjugate-gradient solve that stops at
+    negative curvature, so it also handles non-convex objectives (it converges
+    to a nearby local minimum). The exact refits of large models use it,
+    warm-started at the fitted params.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(params (p,), weights (n,)) -> float`` in :mod:`autograd.numpy`.
+    params : ndarray of shape (p,)
+        Starting point (not modified).
+    weights : ndarray of shape (n,)
+    gtol : float
+        Stop once the Euclidean norm of the gradient is at most ``gtol``.
+    max_iter : int, default=100
+        Maximum number of trust-region iterations.
+
+    Returns
+    -------
+    params : ndarray of shape (p,)
+    n_iter : int
+    converged : bool
+    """
+    gradient = grad(loss)
+    value_and_gradient = lambda th: (float(loss(th, weights)), gradient(th, weights))
+    hvp = grad(lambda th, v: anp.dot(gradient(th, weights), v))
+    result = scipy_minimize(value_and_gradient, np.array(params, dtype=float), jac=True,
+                            hessp=hvp, method="trust-ncg",
+                            options={"gtol": gtol, "maxiter": max_iter})
+    converged = bool(np.linalg.norm(gradient(result.x, weights)) <= gtol)
+    return result.x, int(result.nit), converged
+
+
 # --------------------------------------------------------------------------
 # Hessian solves
 # --------------------------------------------------------------------------
@@ -350,7 +389,10 @@ class HessianSolver:
     ``solver="direct"`` factorizes the dense Hessian (Cholesky, or a symmetric
     eigendecomposition when it is not positive definite); ``solver="cg"`` runs
     :func:`scipy.sparse.linalg.cg` on Hessian-vector products through a
-    :class:`~scipy.sparse.linalg.LinearOperator`, never forming ``H``.
+    :class:`~scipy.sparse.linalg.LinearOperator`, never forming ``H``;
+    ``solver="minres"`` runs :func:`scipy.sparse.linalg.minres` on the same
+    operator, which (unlike conjugate gradients) stays defined when
+    ``H + damping I`` is indefinite (non-convex objectives).
     """
 
     def __init__(self, loss, params, weights, *, solver, damping=0.0,
@@ -431,13 +473,15 @@ class HessianSolver:
             return V @ ((V.T @ B) / (lam if B.ndim == 1 else lam[:, None]))
         cols = B.reshape(B.shape[0], -1)
         out = np.empty_like(cols)
+        krylov = partial(cg, atol=0.0) if self.solver == "cg" else minres
+        name = "Conjugate gradients" if self.solver == "cg" else "MINRES"
         for j in range(cols.shape[1]):
-            x, info = cg(self.operator, cols[:, j], rtol=self.cg_rtol, atol=0.0,
-                         maxiter=self.cg_maxiter, M=self._preconditioner)
+            x, info = krylov(self.operator, cols[:, j], rtol=self.cg_rtol,
+                             maxiter=self.cg_maxiter, M=self._preconditioner)
             if info != 0:
                 residual = np.linalg.norm(self.matvec(x) - cols[:, j])
                 warnings.warn(
-                    f"Conjugate gradients did not converge in {self.cg_maxiter} iterations "
+                    f"{name} did not converge in {self.cg_maxiter} iterations "
                     f"(residual norm {residual:.3g}, right-hand side norm "
                     f"{np.linalg.norm(cols[:, j]):.3g}). Increase damping if the Hessian "
                     "is ill-conditioned or indefinite.",
