@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/bench_engine.py neural [support synthetic] [--sample 6 --top 6]
+        [--alpha 1 --max-iter 2000 --hidden 96 96 --n-synthetic 6000 --newton]
     python benchmarks/bench_engine.py generic [--params 100000]
 
 ``neural``: each configuration runs in its own subprocess (its peak resident
@@ -23,7 +24,13 @@ blood cells, sodium, creatinine), complete rows (8,873), race and cancer
 one-hot, numeric columns standardized; 80% train, 20% test (fixed seed).
 Nothing is asserted.
 
-``generic``: see :func:`generic`.
+``generic``: a ridge logistic regression written as a :func:`skvif.vif` loss
+(batched), in subprocesses: ``vif`` for every row on 5 test predictions at
+``--params`` (default 10^5) parameters (``solver="auto"``: conjugate gradients),
+and ``loo`` / ``newton`` / ``vif`` for 3 rows at 10^4 parameters, where the
+engine forms no dense Hessian (trust-region Newton-CG refits, CG Newton
+steps). Time and peak memory of each; dattri is not run (it needs PyTorch,
+which is not installed here).
 """
 
 import argparse
@@ -35,6 +42,7 @@ import sys
 import time
 import warnings
 
+import autograd.numpy as anp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -48,7 +56,6 @@ warnings.filterwarnings("ignore")
 SUPPORT_COLUMNS = ["num_age", "fac_sex", "fac_race", "num_num_co", "fac_diabetes",
                    "fac_dementia", "fac_ca", "num_meanbp", "num_hrt", "num_resp", "num_temp",
                    "num_wblc", "num_sod", "num_crea"]
-HIDDEN = {"support": (96, 96), "synthetic": (96, 96)}
 
 
 def timed(fn):
@@ -92,12 +99,12 @@ def synthetic(n=6000, d=10, seed=0):
 
 def neural_one(name, args):
     """One configuration, in its own process: a JSON line of times, memory and agreement."""
-    X, y = support() if name == "support" else synthetic()
+    X, y = support() if name == "support" else synthetic(args.n_synthetic)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(X.shape[0])
     cut = int(0.8 * X.shape[0])
     train, test = order[:cut], order[cut:]
-    risk, theta0 = mlp_risk_function(X.shape[1], hidden=HIDDEN[name], random_state=args.seed)
+    risk, theta0 = mlp_risk_function(X.shape[1], hidden=args.hidden, random_state=args.seed)
     row = {"data": name, "n_train": int(cut), "n_test": int(X.shape[0] - cut),
            "n_features": int(X.shape[1]), "n_params": int(theta0.size)}
     model, row["fit_s"] = timed(lambda: NeuralCoxPHInfluence(
@@ -128,6 +135,62 @@ def neural_one(name, args):
     print(json.dumps(row), flush=True)
 
 
+def logistic_loss(theta, weights, *, X, y, alpha):
+    """Ridge logistic loss, batched: ``theta (p,)`` or ``(k, p)`` with weights ``(n,)``/``(k, n)``."""
+    margin = anp.dot(theta, X.T) * y
+    return (anp.sum(weights * anp.logaddexp(0.0, -margin), axis=-1)
+            + 0.5 * alpha * anp.sum(theta * theta, axis=-1))
+
+
+def generic_one(mode, args):
+    """One generic configuration in its own process: a JSON line."""
+    from functools import partial
+
+    from skvif._engine import minimize_hessian_free
+
+    p = args.params if mode == "vif" else 10_000
+    n = 200 if mode == "vif" else 300
+    rng = np.random.default_rng(args.seed)
+    X = rng.normal(size=(n + 5, p)) / np.sqrt(200.0)
+    y = np.where(X[:, :200] @ rng.normal(size=200) + 0.5 * rng.normal(size=n + 5) > 0, 1.0,
+                 -1.0)
+    X_test, X, y = X[n:], X[:n], y[:n]
+    loss = partial(logistic_loss, X=X, y=y, alpha=1.0)
+    (theta, _, _), fit_s = timed(lambda: minimize_hessian_free(loss, np.zeros(p), np.ones(n),
+                                                               gtol=1e-9))
+    row = {"mode": mode, "n": n, "p": p, "fit_s": fit_s}
+    target = lambda th: anp.dot(X_test, th)
+    if mode == "vif":
+        out, row["vif_s"] = timed(lambda: skvif.vif(loss, theta, n, target=target,
+                                                    batched=True))
+        row["shape"] = list(out.shape)
+    else:
+        units = [[0], [1], [2]]
+        results = {}
+        for method in ("vif", "newton", "loo"):
+            results[method], row[f"{method}_s"] = timed(lambda: skvif.vif(
+                loss, theta, n, target=target, method=method, units=units, batched=True))
+        for method in ("vif", "newton"):
+            row[method] = agreement(results[method], results["loo"])
+    row["rss_mib"] = rss_mib()
+    print(json.dumps(row), flush=True)
+
+
+def generic(args):
+    print("== generic engine at large p: ridge logistic regression as a skvif.vif loss ==")
+    row = run_subprocess(["generic-one", "vif", "--params", str(args.params)])
+    print(f"vif, all {row['n']} rows x 5 targets, p = {row['p']}: fit {row['fit_s']:.1f} s, "
+          f"vif {row['vif_s']:.1f} s, peak memory {row['rss_mib']:.0f} MiB")
+    row = run_subprocess(["generic-one", "loo"])
+    cells = "  ".join(f"{m} {row[f'{m}_s']:.1f} s" for m in ("vif", "newton", "loo"))
+    print(f"3 rows x 5 targets, p = {row['p']}, n = {row['n']}: {cells}; peak memory "
+          f"{row['rss_mib']:.0f} MiB")
+    for m in ("vif", "newton"):
+        print(f"  {m} vs loo: r {row[m]['r']:.4f} slope {row[m]['slope']:.4f} "
+              f"max err {row[m]['max_error']:.4f}")
+    print("dattri: not run (needs PyTorch, not installed)")
+
+
 def run_subprocess(arguments):
     command = [sys.executable, os.path.abspath(__file__)] + arguments
     # the subprocess imports the same skvif as this one
@@ -142,10 +205,13 @@ def neural(args):
     for name in args.configs:
         row = run_subprocess(["neural-one", name, "--seed", str(args.seed), "--sample",
                               str(args.sample), "--top", str(args.top), "--alpha",
-                              str(args.alpha), "--max-iter", str(args.max_iter)]
+                              str(args.alpha), "--max-iter", str(args.max_iter),
+                              "--n-synthetic", str(args.n_synthetic), "--hidden"]
+                             + [str(h) for h in args.hidden]
                              + (["--newton"] if args.newton else []))
         print(f"\n{name}: n_train {row['n_train']}, n_test {row['n_test']}, "
-              f"{row['n_features']} columns, MLP {HIDDEN[name]}, {row['n_params']} params; "
+              f"{row['n_features']} columns, MLP {tuple(args.hidden)}, {row['n_params']} params, "
+              f"alpha {args.alpha}; "
               f"test concordance {row['test_cindex']:.3f}")
         print(f"  one training run          {row['fit_s']:9.1f} s ({row['fit_iter']} iterations)")
         print(f"  vif, all rows             {row['vif_all_s']:9.1f} s "
@@ -170,7 +236,7 @@ def neural(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["neural", "neural-one"])
+    parser.add_argument("mode", choices=["neural", "neural-one", "generic", "generic-one"])
     parser.add_argument("configs", nargs="*", default=["support", "synthetic"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", type=int, default=6)
@@ -178,11 +244,18 @@ def main():
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--max-iter", type=int, default=2000)
     parser.add_argument("--newton", action="store_true")
+    parser.add_argument("--n-synthetic", type=int, default=6000)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[96, 96])
+    parser.add_argument("--params", type=int, default=100_000)
     args = parser.parse_args()
     if args.mode == "neural":
         neural(args)
-    else:
+    elif args.mode == "neural-one":
         neural_one(args.configs[0], args)
+    elif args.mode == "generic":
+        generic(args)
+    else:
+        generic_one(args.configs[0], args)
 
 
 if __name__ == "__main__":
