@@ -58,6 +58,10 @@ SUPPORT_COLUMNS = ["num_age", "fac_sex", "fac_race", "num_num_co", "fac_diabetes
                    "num_wblc", "num_sod", "num_crea"]
 
 
+def progress(row):
+    print(json.dumps(row), file=sys.stderr, flush=True)
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -111,9 +115,11 @@ def neural_one(name, args):
         risk, theta0, alpha=args.alpha, max_iter=args.max_iter).fit(X[train], y[train]))
     row["fit_iter"] = model.n_iter_
     row["test_cindex"] = model.score(X[test], y[test])
+    progress(row)
     Xt, yt = X[test], y[test]
     estimate, row["vif_all_s"] = timed(lambda: model.influence_(Xt, yt))
     row["rss_after_vif_mib"] = rss_mib()
+    progress(row)
     picks = {"random": rng.choice(cut, args.sample, replace=False),
              "top": np.argsort(-np.abs(estimate))[:args.top]}
     refit_s, refits = 0.0, 0
@@ -124,6 +130,8 @@ def neural_one(name, args):
         refit_s, refits = refit_s + seconds, refits + rows.size
         row[f"vif_{group}"] = agreement(estimate[rows], exact)
         row[f"max_change_{group}"] = float(np.max(np.abs(exact)))
+        row[f"refit_{group}_s"] = seconds
+        progress(row)
         if args.newton:
             newton, seconds = timed(lambda: model.influence_(Xt, yt, rows=rows,
                                                              method="newton"))
@@ -196,7 +204,8 @@ def run_subprocess(arguments):
     # the subprocess imports the same skvif as this one
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(skvif.__file__)), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
+    # (stderr passes through: the workers' progress lines)
+    out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
