@@ -144,7 +144,7 @@ def neural_one(name, args):
 
 
 def logistic_loss(theta, weights, *, X, y, alpha):
-    """Ridge logistic loss, batched: ``theta (p,)`` or ``(k, p)`` with weights ``(n,)``/``(k, n)``."""
+    """Ridge logistic loss, batched: theta (p,) or (k, p), weights (n,) or (k, n)."""
     margin = anp.dot(theta, X.T) * y
     return (anp.sum(weights * anp.logaddexp(0.0, -margin), axis=-1)
             + 0.5 * alpha * anp.sum(theta * theta, axis=-1))

@@ -133,9 +133,9 @@ def test_delayed_entry_path_equals_right_censored_fast_path(fitted):
     np.testing.assert_allclose(slow, reference, rtol=1e-4, atol=1e-6 * np.abs(reference).max())
 
 
-def test_linear_risk_function_is_coxph(fitted):
+def test_linear_risk_function_is_coxph():
     # with risk_function = X @ theta the model is CoxPHInfluence, influence included
-    X, y, rng = survival_data(2, 250)
+    X, y, _ = survival_data(2, 250)
     X_test, y_test = X[200:], y[200:]
     model = NeuralCoxPHInfluence(linear_risk, np.zeros(4), alpha=2.0).fit(X[:200], y[:200])
     cox = CoxPHInfluence(alpha=2.0, tol=1e-12).fit(X[:200], y[:200])
