@@ -23,7 +23,8 @@ import scipy.linalg
 from autograd import grad, jacobian
 from autograd.differential_operators import make_jvp_reversemode
 from joblib import Parallel, delayed
-from scipy.sparse.linalg import LinearOperator, cg
+from scipy.optimize import minimize as scipy_minimize
+from scipy.sparse.linalg import LinearOperator, cg, minres
 from sklearn.exceptions import ConvergenceWarning
 
 from ._progress import progress_bar
@@ -43,6 +44,8 @@ _CG_PRODUCTS_PER_SOLVE = 20
 _FLAT_ITERATIONS = 10
 # Most fixed-Hessian (chord) iterations before the Newton refits take over.
 _CHORD_MAX_ITER = 20
+# Newton steps accepted on the gradient norm after trust-region Newton-CG stalls.
+_POLISH_STEPS = 5
 # Leave-out problems evaluated together hold about this many weights at once.
 _CHUNK_ELEMENTS = 2**21
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
@@ -224,6 +227,12 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
 
     Notes
     -----
+    From ``AUTO_CG_MIN_PARAMS`` parameters on (unless the model provides
+    ``gradient_and_hessian``) no Hessian is formed: each problem is minimized
+    by :func:`minimize_hessian_free` until its gradient norm is at most
+    ``tol`` times its norm at ``P0``; ``damping`` is then unused and
+    ``hessians`` is ``None``.
+
     The Newton direction uses the absolute values of the eigenvalues of the
     Jacobi-scaled Hessian ``D^-1/2 H D^-1/2`` (``D`` its diagonal; floored at
     ``1e-10`` times the largest), so it does not depend on the units of the
@@ -232,6 +241,8 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     """
     P = np.array(P0, dtype=float)
     k, p = P.shape
+    if p >= AUTO_CG_MIN_PARAMS and _provided(derivatives, "gradient_and_hessian") is None:
+        return _minimize_each_hessian_free(lossb, P, W, tol, max_iter, return_hessians)
     gradient_and_hessian = _provided(derivatives, "gradient_and_hessian") or partial(
         _batch_gradient_and_hessian, lossb)
     f = np.asarray(lossb(P, W), dtype=float)
@@ -302,6 +313,25 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
     return P, n_iter, converged
 
 
+def _single(lossb, th, w):
+    """One problem of a batched loss: ``lossb(th[None], w[None])[0]`` (picklable)."""
+    return lossb(th[None], w[None])[0]
+
+
+def _minimize_each_hessian_free(lossb, P, W, tol, max_iter, return_hessians):
+    """:func:`minimize` above ``AUTO_CG_MIN_PARAMS``: one matrix-free problem at a time."""
+    loss = partial(_single, lossb)
+    n_iter = np.zeros(P.shape[0], dtype=int)
+    converged = np.zeros(P.shape[0], dtype=bool)
+    for i in range(P.shape[0]):
+        start = np.linalg.norm(_batch_grad(lossb, P[i:i + 1], W[i:i + 1]))
+        if not np.isfinite(start):
+            continue
+        P[i], n_iter[i], converged[i] = minimize_hessian_free(
+            loss, P[i], W[i], gtol=tol * start, max_iter=max_iter)
+    return (P, n_iter, converged, None) if return_hessians else (P, n_iter, converged)
+
+
 def _chord_iterations(lossb, P, W, solve, *, tol, scale, max_iter=_CHORD_MAX_ITER):
     """Approach the minima of ``k`` leave-out problems with a fixed Hessian.
 
@@ -345,6 +375,59 @@ def _chord_iterations(lossb, P, W, solve, *, tol, scale, max_iter=_CHORD_MAX_ITE
     return P, converged
 
 
+def minimize_hessian_free(loss, params, weights, *, gtol, max_iter=100):
+    """Minimize ``loss(., weights)`` from ``params`` without ever forming a Hessian.
+
+    Trust-region Newton-CG (:func:`scipy.optimize.minimize` with
+    ``method="trust-ncg"``) on autograd Hessian-vector products: memory
+    ``O(p)``, each iteration a truncated conjugate-gradient solve that stops at
+    negative curvature, so it also handles non-convex objectives (it converges
+    to a nearby local minimum), then at most 5 full Newton-CG steps accepted
+    on a decrease of the gradient norm (where the objective's decrease is
+    below its rounding). The exact refits of large models use it,
+    warm-started at the fitted params.
+
+    Parameters
+    ----------
+    loss : callable
+        ``loss(params (p,), weights (n,)) -> float`` in :mod:`autograd.numpy`.
+    params : ndarray of shape (p,)
+        Starting point (not modified).
+    weights : ndarray of shape (n,)
+    gtol : float
+        Stop once the Euclidean norm of the gradient is at most ``gtol``.
+    max_iter : int, default=100
+        Maximum number of trust-region iterations.
+
+    Returns
+    -------
+    params : ndarray of shape (p,)
+    n_iter : int
+    converged : bool
+    """
+    gradient = grad(loss)
+    value_and_gradient = lambda th: (float(loss(th, weights)), gradient(th, weights))
+    hvp = grad(lambda th, v: anp.dot(gradient(th, weights), v))
+    result = scipy_minimize(value_and_gradient, np.array(params, dtype=float), jac=True,
+                            hessp=hvp, method="trust-ncg",
+                            options={"gtol": gtol, "maxiter": max_iter})
+    theta, n_iter = result.x, int(result.nit)
+    g = gradient(theta, weights)
+    # near the minimum the objective's decrease drops below its rounding before the
+    # gradient reaches gtol (trust-ncg then stops: "failure to predict improvement");
+    # full Newton steps accepted on a decrease of the gradient norm finish the job
+    for _ in range(_POLISH_STEPS):
+        if not np.linalg.norm(g) > gtol:
+            break
+        operator = LinearOperator((theta.size,) * 2, matvec=partial(hvp, theta), dtype=float)
+        step, _ = cg(operator, -g, rtol=1e-3, atol=0.0, maxiter=10 * theta.size)
+        g_new = gradient(theta + step, weights)
+        if not np.linalg.norm(g_new) < np.linalg.norm(g):
+            break
+        theta, g, n_iter = theta + step, g_new, n_iter + 1
+    return theta, n_iter, bool(np.linalg.norm(g) <= gtol)
+
+
 # --------------------------------------------------------------------------
 # Hessian solves
 # --------------------------------------------------------------------------
@@ -354,7 +437,10 @@ class HessianSolver:
     ``solver="direct"`` factorizes the dense Hessian (Cholesky, or a symmetric
     eigendecomposition when it is not positive definite); ``solver="cg"`` runs
     :func:`scipy.sparse.linalg.cg` on Hessian-vector products through a
-    :class:`~scipy.sparse.linalg.LinearOperator`, never forming ``H``.
+    :class:`~scipy.sparse.linalg.LinearOperator`, never forming ``H``;
+    ``solver="minres"`` runs :func:`scipy.sparse.linalg.minres` on the same
+    operator, which (unlike conjugate gradients) stays defined when
+    ``H + damping I`` is indefinite (non-convex objectives).
     """
 
     def __init__(self, loss, params, weights, *, solver, damping=0.0,
@@ -435,13 +521,15 @@ class HessianSolver:
             return V @ ((V.T @ B) / (lam if B.ndim == 1 else lam[:, None]))
         cols = B.reshape(B.shape[0], -1)
         out = np.empty_like(cols)
+        krylov = partial(cg, atol=0.0) if self.solver == "cg" else minres
+        name = "Conjugate gradients" if self.solver == "cg" else "MINRES"
         for j in range(cols.shape[1]):
-            x, info = cg(self.operator, cols[:, j], rtol=self.cg_rtol, atol=0.0,
-                         maxiter=self.cg_maxiter, M=self._preconditioner)
+            x, info = krylov(self.operator, cols[:, j], rtol=self.cg_rtol,
+                             maxiter=self.cg_maxiter, M=self._preconditioner)
             if info != 0:
                 residual = np.linalg.norm(self.matvec(x) - cols[:, j])
                 warnings.warn(
-                    f"Conjugate gradients did not converge in {self.cg_maxiter} iterations "
+                    f"{name} did not converge in {self.cg_maxiter} iterations "
                     f"(residual norm {residual:.3g}, right-hand side norm "
                     f"{np.linalg.norm(cols[:, j]):.3g}). Increase damping if the Hessian "
                     "is ill-conditioned or indefinite.",
@@ -596,7 +684,8 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
 
     if method == "loo":
         chord = scale = None
-        if not saddle_free:
+        if not saddle_free and (theta.size < AUTO_CG_MIN_PARAMS
+                                or _provided(derivatives, "hessian") is not None):
             H = _full_hessian(lossb, theta, n, derivatives)
             scale = _hessian_scale(H)
             # warm starts by fixed-Hessian steps, unless the model's closed-form Newton
@@ -761,7 +850,7 @@ def _refit_chunk(chunk, *, lossb, theta, n, quantity, chord, scale, tol, max_ite
         # a flat direction of the objective without the unit: the refit is not unique
         # (not checked for strongly convex objectives, whose minimum is unique, nor for
         # non-convex ones, whose removed parts may be flat by design)
-        if check_unique:
+        if check_unique and H is not None:  # (no Hessians above AUTO_CG_MIN_PARAMS)
             singular[todo] = _singular_each(H, scale)
     values = np.stack([np.ravel(quantity(P[i], W[i])) for i in range(len(chunk))])
     values[~finite] = np.nan

@@ -13,7 +13,8 @@ import numpy as np
 from autograd.extend import defvjp, primitive
 from autograd.tracer import getval
 
-__all__ = ["RiskSets", "negative_log_partial_likelihood", "breslow_cumulative_hazard"]
+__all__ = ["RiskSets", "negative_log_partial_likelihood", "partial_likelihood_of_predictor",
+           "breslow_cumulative_hazard"]
 
 
 class RiskSets:
@@ -167,7 +168,11 @@ def stratum_max(eta, rs):
 
 def _shifted_risk(X, params, weights, rs):
     """Linear predictor, a stop-gradient shift per stratum and ``w exp(eta - shift)``."""
-    eta = anp.dot(params, X.T)
+    return _shifted_eta(anp.dot(params, X.T), weights, rs)
+
+
+def _shifted_eta(eta, weights, rs):
+    """``eta``, a stop-gradient shift per stratum and ``w exp(eta - shift)``."""
     shift = stratum_max(eta, rs)
     return eta, shift, weights * anp.exp(eta - shift[..., rs.row_stratum])
 
@@ -234,14 +239,40 @@ def negative_log_partial_likelihood(params, weights, X, rs, ties="efron", alpha=
     with :math:`\bar w_g = \sum_{D_g} w_i / d_g` (Efron, as R's ``coxph``).
     Breslow drops the :math:`k/d_g` term.
     """
-    eta, shift, risk = _shifted_risk(X, params, weights, rs)
+    nll = partial_likelihood_of_predictor(anp.dot(params, X.T), weights, rs, ties,
+                                          count_weights)
+    return nll + 0.5 * alpha * anp.sum(params * params, axis=-1)
+
+
+def partial_likelihood_of_predictor(eta, weights, rs, ties="efron", count_weights=None):
+    r"""Weighted negative log partial likelihood of a given linear predictor (no penalty).
+
+    The objective of :func:`negative_log_partial_likelihood` with
+    :math:`x_i^\top\beta` replaced by ``eta[i]``: the Cox loss of any risk
+    score (e.g. a neural network's output), differentiable in ``eta``.
+
+    Parameters
+    ----------
+    eta : ndarray of shape (n,) or (k, n)
+        Log-risk score of every row.
+    weights : ndarray of shape (n,) or (k, n)
+        Row weights; a weight of exactly 0 deletes the row.
+    rs : RiskSets
+    ties : {"efron", "breslow"}
+    count_weights : ndarray of shape (n,), default=None
+        As in :func:`negative_log_partial_likelihood`.
+
+    Returns
+    -------
+    float or ndarray of shape (k,)
+    """
+    eta, shift, risk = _shifted_eta(eta, weights, rs)
     log_terms = _group_log_terms(rs, weights, risk, ties, count_weights)
     death_mask = np.zeros(rs.n_samples)
     death_mask[rs.deaths] = 1.0
     # each group's log terms were shifted by its death weight times its stratum's shift
     fitted = anp.sum(weights * death_mask * (eta - shift[..., rs.row_stratum]), axis=-1)
-    nll = anp.sum(log_terms, axis=-1) - fitted
-    return nll + 0.5 * alpha * anp.sum(params * params, axis=-1)
+    return anp.sum(log_terms, axis=-1) - fitted
 
 
 def breslow_cumulative_hazard(params, weights, X, rs):
