@@ -8,4 +8,5 @@ from .survival import CoxPHInfluence, NeuralCoxPHInfluence
 
 __version__ = "0.1.0"
 __all__ = ["vif", "robustness", "Robustness", "RobustnessReport", "CoxPHInfluence",
-           "NeuralCoxPHInfluence", "ListwiseRankerInfluence", "LabelRankerInfluence", "NodeEmbeddingInfluence"]
+           "NeuralCoxPHInfluence", "ListwiseRankerInfluence", "LabelRankerInfluence",
+           "NodeEmbeddingInfluence"]

@@ -171,8 +171,28 @@ def _test_loss_target(params, *, X, risk_sets, ties):
                                            ties)[None]
 
 
-class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInputMixin,
-                     BaseEstimator):
+class ConcordanceScoreMixin:
+    """``score``: Harrell's concordance of a survival model's ``predict`` (higher: riskier)."""
+
+    def score(self, X, y):
+        """Harrell's concordance index of ``predict(X)`` with the outcomes ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : structured array, array-like of shape (n_samples, 2) or DataFrame
+
+        Returns
+        -------
+        cindex : float
+        """
+        risk = self.predict(X)
+        event, time = check_survival_y(y, risk.shape[0])
+        return concordance_index(time, -risk, event)
+
+
+class CoxPHInfluence(ConcordanceScoreMixin, FittedElsewhereMixin, LifelinesAttributesMixin,
+                     FittedInputMixin, BaseEstimator):
     r"""Cox proportional hazards model with influence diagnostics.
 
     Fits the Cox model by Newton's method and reports how each training row (or
@@ -460,22 +480,6 @@ class CoxPHInfluence(FittedElsewhereMixin, LifelinesAttributesMixin, FittedInput
         risk_score : ndarray of shape (n_samples,)
         """
         return self._validate_X(X) @ self.coef_
-
-    def score(self, X, y):
-        """Harrell's concordance index of ``predict(X)`` with the outcomes ``y``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : structured array, array-like of shape (n_samples, 2) or DataFrame
-
-        Returns
-        -------
-        cindex : float
-        """
-        risk = self.predict(X)
-        event, time = check_survival_y(y, risk.shape[0])
-        return concordance_index(time, -risk, event)
 
     def _strata_codes(self, strata, n_rows):
         if self._strata_labels is None:

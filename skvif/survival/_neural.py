@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from autograd import grad
 from autograd.differential_operators import make_jvp_reversemode
-from lifelines.utils import concordance_index
 from scipy.optimize import minimize as scipy_minimize
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
@@ -30,7 +29,8 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from .._base import FittedInputMixin, check_labels, row_labels, units_from_groups, validate_X
 from .._engine import (HessianSolver, _jacobian, check_choice, check_nonnegative, check_units,
                        influence, minimize_hessian_free)
-from ._coxph import CoxPHInfluence, _optional_rows, check_survival_y
+from ._coxph import (ConcordanceScoreMixin, CoxPHInfluence, _optional_rows,
+                     check_survival_y)
 from ._fast import gradient_changes, weight_derivatives
 from ._objective import RiskSets, partial_likelihood_of_predictor
 
@@ -142,7 +142,7 @@ def _test_predict(theta, *, risk_function, X):
     return risk_function(theta, X)
 
 
-class NeuralCoxPHInfluence(FittedInputMixin, BaseEstimator):
+class NeuralCoxPHInfluence(ConcordanceScoreMixin, FittedInputMixin, BaseEstimator):
     r"""Cox model with a user log-risk function (e.g. a neural network), with influence.
 
     Parameters
@@ -378,22 +378,6 @@ class NeuralCoxPHInfluence(FittedInputMixin, BaseEstimator):
         risk_score : ndarray of shape (n_samples,)
         """
         return np.asarray(self.risk_function(self.params_, self._validate_X(X)))
-
-    def score(self, X, y):
-        """Harrell's concordance index of ``predict(X)`` with the outcomes ``y``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-        y : structured array, array-like of shape (n_samples, 2) or DataFrame
-
-        Returns
-        -------
-        cindex : float
-        """
-        risk = self.predict(X)
-        event, time = check_survival_y(y, risk.shape[0])
-        return concordance_index(time, -risk, event)
 
     # ------------------------------------------------------------ influence
     def influence_(self, X, y=None, *, target="loss", method="vif", rows=None, groups=None,
