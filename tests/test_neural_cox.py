@@ -159,6 +159,12 @@ def test_vif_agrees_with_refits(fitted):
     exact = model.influence_(X_test, y_test, strata=test_strata, rows=rows, method="loo")
     assert_agrees(estimate[rows], exact, min_r=0.95, slope=(0.7, 1.05), max_error=0.45,
                   label="vif vs refits")
+    # refine=k: the k largest estimates replaced by those exact refits, and marked
+    refined, is_exact = model.influence_(X_test, y_test, strata=test_strata, refine=2,
+                                         return_exact=True)
+    assert set(np.flatnonzero(is_exact)) == set(rows[:2])
+    np.testing.assert_allclose(refined[rows[:2]], exact[:2], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(refined[~is_exact], estimate[~is_exact])
 
 
 @pytest.mark.slow

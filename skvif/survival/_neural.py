@@ -29,6 +29,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 from .._base import FittedInputMixin, check_labels, row_labels, units_from_groups, validate_X
 from .._engine import (HessianSolver, _jacobian, check_choice, check_nonnegative, check_units,
                        influence, minimize_hessian_free)
+from .._robustness import check_refine, refine_rows, with_exactness
 from ._coxph import (ConcordanceScoreMixin, CoxPHInfluence, _optional_rows,
                      check_survival_y)
 from ._fast import gradient_changes, weight_derivatives
@@ -382,7 +383,7 @@ class NeuralCoxPHInfluence(ConcordanceScoreMixin, FittedInputMixin, BaseEstimato
     # ------------------------------------------------------------ influence
     def influence_(self, X, y=None, *, target="loss", method="vif", rows=None, groups=None,
                    strata=None, solver="cg", damping=0.0, rtol=1e-8, maxiter=None,
-                   as_frame=False):
+                   as_frame=False, refine=None, return_exact=False):
         """Estimated change of a test loss or test predictions when each training row is removed.
 
         Parameters
@@ -423,12 +424,21 @@ class NeuralCoxPHInfluence(ConcordanceScoreMixin, FittedInputMixin, BaseEstimato
         as_frame : bool, default=False
             Return a pandas Series (``"loss"``) or DataFrame (``"predict"``)
             indexed by the training row (or group) labels.
+        refine : int, default=None
+            Recompute the ``refine`` units with the largest estimated change
+            (root mean square over the target values) by exact refits
+            (``method="loo"``'s), as the other estimators do.
+        return_exact : bool, default=False
+            Also return a boolean array: which rows of the result are exact
+            refits (with ``as_frame``, also in ``result.attrs["exact"]``).
 
         Returns
         -------
         influence : ndarray or pandas object
             ``influence[u]`` estimates ``quantity(fit without u) -
             quantity(fit on all rows)``.
+        is_exact : ndarray of shape (n_units,) of bool
+            Only with ``return_exact=True``.
         """
         check_is_fitted(self)
         check_choice(target, "target", TARGETS)
@@ -456,10 +466,17 @@ class NeuralCoxPHInfluence(ConcordanceScoreMixin, FittedInputMixin, BaseEstimato
                                method=method, solver="cg" if solver == "minres" else solver,
                                damping=damping, loss_if=self._loss(smooth=True),
                                check_indefinite=False)
+        refine = check_refine(refine, len(units))
+        is_exact = np.full(len(units), method == "loo")
+        if refine and method != "loo":
+            result, is_exact = refine_rows(result, refine, lambda top: self._refits(
+                quantity, [units[i] for i in top]), None)
         if target == "loss":
-            result = result[:, 0]
-            return pd.Series(result, index=index, name="loss") if as_frame else result
-        return pd.DataFrame(result, index=index, columns=row_labels(X)) if as_frame else result
+            out = pd.Series(result[:, 0], index=index, name="loss") if as_frame else result[:, 0]
+        else:
+            out = (pd.DataFrame(result, index=index, columns=row_labels(X)) if as_frame
+                   else result)
+        return with_exactness(out, is_exact, index, as_frame, refine, return_exact)
 
     def _units(self, rows, groups):
         n = self._X.shape[0]
