@@ -762,8 +762,7 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         else:  # "if": derivative of the gradient in each weight (weight change -1)
             D = dgrad_dw() if dgrad_dw is not None else jacobian(
                 lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
-            R = (D[:, units[:, 0]].T if isinstance(units, np.ndarray) else
-                 np.stack([D[:, idx].sum(axis=1) for idx in units]))
+            R = _unit_sums(D, units)
         # a unit whose removal leaves a non-finite loss or gradient gets NaN, not a
         # failed solve for all units (_finite_or_warn names it)
         bad = ~np.all(np.isfinite(R), axis=1)
@@ -885,10 +884,17 @@ def _direct_part(quantity, theta, n, units, method, batched, n_jobs, verbose):
     ones = np.ones(n)
     if method == "if":
         dq_dw = _jacobian(lambda w: anp.ravel(quantity(theta, w)), ones)  # (m, n)
-        return -np.stack([dq_dw[:, idx].sum(axis=1) for idx in units])
+        return -_unit_sums(dq_dw, units)
     base = np.ravel(quantity(theta, ones))
     change = partial(_quantity_change_chunk, quantity=quantity, theta=theta, n=n, base=base)
     return _map_chunks(change, units, n, batched, n_jobs, verbose, "target at fixed params")
+
+
+def _unit_sums(D, units):
+    """``D[:, unit].sum(axis=1)`` for each unit, shape (n_units, m) (single rows: a slice)."""
+    if isinstance(units, np.ndarray):  # (n_units, 1): one row each
+        return D[:, units[:, 0]].T
+    return np.stack([D[:, idx].sum(axis=1) for idx in units])
 
 
 def _quantity_change_chunk(chunk, *, quantity, theta, n, base):

@@ -171,8 +171,13 @@ def _test_loss_target(params, *, X, risk_sets, ties):
                                            ties)[None]
 
 
-class ConcordanceScoreMixin:
-    """``score``: Harrell's concordance of a survival model's ``predict`` (higher: riskier)."""
+class SurvivalModelMixin:
+    """Shared by the Cox estimators: ``y`` is required; ``score`` is Harrell's concordance."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
 
     def score(self, X, y):
         """Harrell's concordance index of ``predict(X)`` with the outcomes ``y``.
@@ -191,7 +196,7 @@ class ConcordanceScoreMixin:
         return concordance_index(time, -risk, event)
 
 
-class CoxPHInfluence(ConcordanceScoreMixin, FittedElsewhereMixin, LifelinesAttributesMixin,
+class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttributesMixin,
                      FittedInputMixin, BaseEstimator):
     r"""Cox proportional hazards model with influence diagnostics.
 
@@ -327,11 +332,6 @@ class CoxPHInfluence(ConcordanceScoreMixin, FittedElsewhereMixin, LifelinesAttri
         self.tol = tol
         self.max_iter = max_iter
         self.missing = missing
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        return tags
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y, sample_weight=None, *, strata=None, entry=None):
@@ -618,7 +618,7 @@ class CoxPHInfluence(ConcordanceScoreMixin, FittedElsewhereMixin, LifelinesAttri
         units = check_units(units, n)
         loss = self._loss()
 
-        spec = {"target": None}
+        spec, survival = {"target": None}, None
         columns = feature_names(self)
         if target != "coef":
             if X is None:
@@ -631,11 +631,12 @@ class CoxPHInfluence(ConcordanceScoreMixin, FittedElsewhereMixin, LifelinesAttri
             elif target == "survival":
                 times = self._check_times(times)
                 strata_new = self._strata_codes(strata, X_new.shape[0])
+                survival = (X_new, strata_new, times)
                 spec = {"target": partial(
                     _survival_target, X=self._X, risk_sets=self._risk_sets,
                     case_weights=self._case_weights, X_new=X_new,
                     strata_new=strata_new, times=times),
-                    "target_uses_weights": True, "survival": (X_new, strata_new, times)}
+                    "target_uses_weights": True}
                 columns = pd.MultiIndex.from_product([labels, times], names=["row", "time"])
             else:
                 event, time = check_survival_y(y, X_new.shape[0])
@@ -646,7 +647,7 @@ class CoxPHInfluence(ConcordanceScoreMixin, FittedElsewhereMixin, LifelinesAttri
         # closed forms: the Hessian (dense solves, refits), R's dfbeta by prefix sums
         # ("if", any units), exact leave-one-row-out gradient and Hessian changes ("vif",
         # "newton": single rows of right-censored data)
-        spec["derivatives"] = self._derivatives(groups, spec.pop("survival", None))
+        spec["derivatives"] = self._derivatives(groups, survival)
         refine = check_refine(refine, len(units))
         options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
                        loss_if=self._loss(smooth=True), tol=self.tol, max_iter=self.max_iter,

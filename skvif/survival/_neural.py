@@ -30,7 +30,7 @@ from .._base import FittedInputMixin, check_labels, row_labels, units_from_group
 from .._engine import (HessianSolver, _jacobian, check_choice, check_nonnegative, check_units,
                        influence, minimize_hessian_free)
 from .._robustness import check_refine, refine_rows, with_exactness
-from ._coxph import (ConcordanceScoreMixin, CoxPHInfluence, _optional_rows,
+from ._coxph import (CoxPHInfluence, SurvivalModelMixin, _optional_rows,
                      check_survival_y)
 from ._fast import gradient_changes, weight_derivatives
 from ._objective import RiskSets, partial_likelihood_of_predictor
@@ -143,7 +143,7 @@ def _test_predict(theta, *, risk_function, X):
     return risk_function(theta, X)
 
 
-class NeuralCoxPHInfluence(ConcordanceScoreMixin, FittedInputMixin, BaseEstimator):
+class NeuralCoxPHInfluence(SurvivalModelMixin, FittedInputMixin, BaseEstimator):
     r"""Cox model with a user log-risk function (e.g. a neural network), with influence.
 
     Parameters
@@ -267,11 +267,6 @@ class NeuralCoxPHInfluence(ConcordanceScoreMixin, FittedInputMixin, BaseEstimato
         self.alpha = alpha
         self.tol = tol
         self.max_iter = max_iter
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.target_tags.required = True
-        return tags
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "params_")
