@@ -100,7 +100,8 @@ def accuracy(args):
             print(f"{name:<11}{unit:<6}{'loo':<8}{loo_time:9.2f}{1:13.1f}")
             for method in METHODS:
                 estimate, seconds = timed(
-                    lambda: model.influence_(pairs, unit=unit, method=method))
+                    lambda: model.influence_(pairs, unit=unit, method=method,
+                                             line_search=method == "newton"))
                 r, slope, err = agreement(estimate, exact)
                 print(f"{name:<11}{unit:<6}{method:<8}{seconds:9.2f}"
                       f"{loo_time / seconds:13.1f}{r:9.3f}{slope:8.3f}{err:9.3f}")
@@ -126,7 +127,8 @@ def scale_one(name, args):
                 lambda: model.influence_(pairs, unit=unit, method="loo", units=units))
             for method in ("vif", "newton"):
                 estimate, seconds = timed(
-                    lambda: model.influence_(pairs, unit=unit, method=method, units=units))
+                    lambda: model.influence_(pairs, unit=unit, method=method, units=units,
+                                             line_search=method == "newton"))
                 row[f"{method}_{unit}_sample_s"] = seconds
                 row[f"{method}_{unit}"] = agreement(estimate, exact)
         row["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
