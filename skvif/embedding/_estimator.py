@@ -476,15 +476,15 @@ class NodeEmbeddingInfluence(BaseEstimator):
             ``method="loo"``, only those units). Size of a change: the root
             mean square of the unit's pair-score changes (the NaN entries of
             pairs that contain a removed node count as 0).
-        line_search : bool, default=False
-            ``method="newton"`` only: scale each Newton step to the minimum of
-            the leave-out objective along it (``0 <= t <= 2``), which helps
-            where one removal rewires much of the graph (see the class Notes).
         return_exact : bool, default=False
             Also return which units are exact refits: a boolean ndarray of
             shape ``(n_units,)``, or with ``as_frame`` a boolean Series named
             ``exact`` indexed like the result. With ``refine`` and
             ``as_frame`` the result also carries it as ``frame.attrs["exact"]``.
+        line_search : bool, default=False
+            ``method="newton"`` only: scale each Newton step to the minimum of
+            the leave-out objective along it (``0 <= t <= 2``), which helps
+            where one removal rewires much of the graph (see the class Notes).
 
         Returns
         -------
