@@ -1,5 +1,6 @@
 """Glue shared by the estimators: influence bookkeeping and DataFrame output."""
 
+import hashlib
 from numbers import Integral
 
 import numpy as np
@@ -146,6 +147,37 @@ class FittedInputMixin:
     def _validate_X(self, X):
         check_is_fitted(self)
         return validate_X(self, X, reset=False)
+
+
+class InfluenceCacheMixin:
+    """Keeps the fitted influence problems (``get_influence()``) between ``influence_`` calls.
+
+    Results are kept for the current fit only (they are rebuilt once the
+    fitted parameters change) and are not pickled.
+    """
+
+    def _cached_influence(self, key, params, build):
+        cache = self.__dict__.setdefault("_influence_cache", {})
+        results = cache.get(key)
+        if results is None or not np.array_equal(results.params, params):
+            if any(not np.array_equal(r.params, params) for r in cache.values()):
+                cache.clear()  # a new fit
+            results = cache[key] = build()
+        return results
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_influence_cache", None)
+        return state
+
+
+def groups_key(groups):
+    """A hashable fingerprint of a group label per row (``None`` for single rows)."""
+    if groups is None:
+        return None
+    codes = pd.util.hash_pandas_object(pd.Series(np.asarray(groups)),
+                                       index=False).to_numpy()
+    return hashlib.sha1(codes.tobytes()).hexdigest()
 
 
 def units_from_groups(groups, n_samples, name="groups"):

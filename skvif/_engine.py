@@ -24,15 +24,17 @@ from autograd import grad, jacobian
 from autograd.differential_operators import make_jvp_reversemode
 from joblib import Parallel, delayed
 from scipy.optimize import minimize as scipy_minimize
-from scipy.sparse.linalg import LinearOperator, cg, minres
+from scipy.sparse.linalg import LinearOperator, cg, eigsh, minres
 from sklearn.exceptions import ConvergenceWarning
 
 from ._progress import progress_bar
 
-__all__ = ["vif", "ModelDerivatives", "METHODS", "SOLVERS"]
+__all__ = ["vif", "get_influence", "InfluenceResults", "ModelDerivatives", "METHODS", "SOLVERS"]
 
 METHODS = ("vif", "if", "newton", "loo")
-SOLVERS = ("auto", "direct", "cg")
+SOLVERS = ("auto", "direct", "cg", "minres", "lanczos")
+# keys of ``solver_options`` (vif, get_influence)
+SOLVER_OPTIONS = ("rtol", "maxiter", "preconditioner", "rank")
 
 # Above this many parameters ``solver="auto"`` uses conjugate gradients on
 # Hessian-vector products instead of a dense factorization.
@@ -440,11 +442,23 @@ class HessianSolver:
     :class:`~scipy.sparse.linalg.LinearOperator`, never forming ``H``;
     ``solver="minres"`` runs :func:`scipy.sparse.linalg.minres` on the same
     operator, which (unlike conjugate gradients) stays defined when
-    ``H + damping I`` is indefinite (non-convex objectives).
+    ``H + damping I`` is indefinite (non-convex objectives);
+    ``solver="lanczos"`` computes the ``rank`` eigenpairs of largest magnitude
+    by Lanczos iterations (:func:`scipy.sparse.linalg.eigsh` on the same
+    operator) and solves in their span, ``V diag(1 / lambda) V^T b``: the
+    low-rank (Arnoldi) influence approximation for very large models, exact
+    when the right-hand sides lie in that span.
+
+    ``cg_rtol`` and ``cg_maxiter`` are the Krylov solvers' relative tolerance
+    and iteration cap (default ``10 p``); ``preconditioner`` their ``M`` (a
+    :class:`~scipy.sparse.linalg.LinearOperator`, matrix or callable
+    approximating ``(H + damping I)^-1``; by default the model's, if any).
+    The dense solver keeps ``hessian``, ``H + damping I``.
     """
 
     def __init__(self, loss, params, weights, *, solver, damping=0.0,
-                 cg_rtol=1e-10, cg_maxiter=None, derivatives=None, check_indefinite=True):
+                 cg_rtol=1e-10, cg_maxiter=None, derivatives=None, check_indefinite=True,
+                 preconditioner=None, rank=None):
         self.params = params
         self.check_indefinite = check_indefinite
         self.damping = float(damping)
@@ -453,8 +467,14 @@ class HessianSolver:
         # the model's closed forms (ModelDerivatives) hold at unit weights only
         unit_weights = np.all(np.asarray(weights) == 1.0)
         closed_form = _provided(derivatives, "hessian_vector_product") if unit_weights else None
-        preconditioner = _provided(derivatives, "preconditioner") if unit_weights else None
-        self._preconditioner = preconditioner(self.damping) if preconditioner else None
+        if preconditioner is None:
+            model_preconditioner = (_provided(derivatives, "preconditioner") if unit_weights
+                                    else None)
+            if model_preconditioner is not None:
+                preconditioner = model_preconditioner(self.damping)
+        elif callable(preconditioner) and not isinstance(preconditioner, LinearOperator):
+            preconditioner = LinearOperator((p, p), matvec=preconditioner, dtype=float)
+        self._preconditioner = preconditioner
         if closed_form is not None:
             self._hvp = lambda th, v: closed_form(v)
         else:
@@ -465,13 +485,24 @@ class HessianSolver:
                 H = _full_hessian(None, params, weights.size, derivatives)
             else:
                 H = _batch_hessians(_as_batched(loss, False), params[None], weights[None])[0]
-            self._factor(H + self.damping * np.eye(p))
+            self.hessian = H + self.damping * np.eye(p)
+            self._factor(self.hessian)
         else:
             self.cg_rtol = cg_rtol
             self.cg_maxiter = cg_maxiter if cg_maxiter is not None else 10 * p
             self.operator = LinearOperator(
                 (p, p), matvec=self.matvec, rmatvec=self.matvec, dtype=float
             )
+        if solver == "lanczos":
+            rank = min(p - 1, 50) if rank is None else int(rank)
+            if not 1 <= rank < p:
+                raise ValueError(f"solver='lanczos' needs 1 <= rank < n_params = {p}, "
+                                 f"got rank={rank}.")
+            lam, V = eigsh(self.operator, k=rank, which="LM", tol=cg_rtol,
+                           maxiter=self.cg_maxiter)
+            if np.any(lam == 0):
+                raise ValueError("The Hessian has a zero eigenvalue among its largest ones.")
+            self._eig = (lam, V)
 
     def matvec(self, v):
         v = np.ravel(v)
@@ -514,8 +545,8 @@ class HessianSolver:
     def solve(self, B):
         """Return ``(H + damping I)^{-1} B`` for ``B`` of shape (p,) or (p, r)."""
         B = np.asarray(B, dtype=float)
-        if self.solver == "direct":
-            if self._cho is not None:
+        if self.solver in ("direct", "lanczos"):
+            if self.solver == "direct" and self._cho is not None:
                 return scipy.linalg.cho_solve(self._cho, B)
             lam, V = self._eig
             return V @ ((V.T @ B) / (lam if B.ndim == 1 else lam[:, None]))
@@ -599,7 +630,11 @@ def _hessian_scale(H):
 
 def _positions(flags, limit=10):
     """First few positions where ``flags`` is true, for a message."""
-    idx = np.flatnonzero(flags)
+    return _listed(np.flatnonzero(flags), limit)
+
+
+def _listed(idx, limit=10):
+    """``[i, j, ...]``: the first few of the positions ``idx``, for a message."""
     shown = ", ".join(map(str, idx[:limit]))
     return f"[{shown}{', ...' if idx.size > limit else ''}]"
 
@@ -628,25 +663,396 @@ def _jacobian(fun, x):
 # --------------------------------------------------------------------------
 # the influence computation
 # --------------------------------------------------------------------------
-def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
-              method="vif", solver="auto", damping=0.0, n_jobs=None, batched=False,
-              loss_if=None, tol=1e-10, max_iter=100, verbose=0, derivatives=None,
-              saddle_free=False, strongly_convex=False, check_indefinite=True):
-    """Influence of removing each unit; the engine behind every ``influence_``.
+class InfluenceResults:
+    r"""The influence of removing each training unit, computed once and cached.
 
-    Inputs are assumed valid (see :func:`vif` for the checked public entry).
+    The counterpart of statsmodels' ``results.get_influence()``: built once
+    for a fitted problem, it sets up the Hessian solve (a dense factorization,
+    or a Krylov or low-rank solver and its preconditioner) on first use,
+    computes each method's per-unit quantities (gradient changes, Newton
+    steps, exact refits) once, and answers any number of questions from them:
+    parameter changes, any target mapped through its Jacobian, standard
+    errors, :meth:`summary_frame`. Every ``influence_`` of skvif and
+    :func:`skvif.vif` run on it; :func:`skvif.get_influence` and the
+    estimators' ``get_influence()`` return one.
 
     Parameters
     ----------
-    target : callable or None
-        ``target(params)``, or ``target(params, weights)`` when
-        ``target_uses_weights``, returning a 1-D array of ``m`` quantities.
-    loss_if : callable or None
-        The loss whose weight derivative ``method="if"`` linearizes (defaults
-        to ``loss``); it must equal ``loss`` at unit weights.
-    derivatives : object or None
-        The model's closed forms (see :class:`ModelDerivatives`); the engine
-        uses autograd for what it does not provide.
+    loss : callable
+        ``loss(params, weights)`` in :mod:`autograd.numpy` (see :func:`vif`).
+    params : ndarray of shape (n_params,)
+        The fitted parameters (not copied: the caller's own copy).
+    n_samples : int
+    units : list of ndarray of int, or ndarray of shape (n_units, 1)
+        Validated units (:func:`check_units`).
+    solver : {"auto", "direct", "cg", "minres", "lanczos"}, default="auto"
+        See :func:`vif`.
+    damping : float, default=0.0
+    solver_options : dict, default=None
+        See :func:`vif`.
+    derivatives : object, default=None
+        The model's closed forms (:class:`ModelDerivatives`).
+    batched, loss_if, tol, max_iter, n_jobs, verbose :
+        As in :func:`vif`; ``tol`` and ``max_iter`` are those of the exact
+        refits of ``"loo"``.
+    saddle_free, strongly_convex, check_indefinite : bool
+        See :func:`influence`.
+    param_names : sequence of str, default=None
+        Names of the parameters (columns of :meth:`summary_frame`).
+    unit_labels : pandas.Index or sequence, default=None
+        Labels of the units (rows of :meth:`summary_frame`).
+
+    Notes
+    -----
+    What is cached: the solver of :math:`H + \text{damping}\, I` per solver
+    kind; per method, the right-hand sides (``"vif"``: the gradient changes
+    :math:`\nabla L(\hat\theta;\mathbf 1) - \nabla L(\hat\theta; w^{(-u)})`;
+    ``"if"``: the weight derivatives summed over each unit) and the parameter
+    changes :math:`\Delta\theta_u`; for ``"loo"``, the refit parameters of
+    every unit refit so far (refining the largest estimates, then asking for
+    all units, refits each unit once).
+    """
+
+    def __init__(self, loss, params, n_samples, units, *, solver="auto", damping=0.0,
+                 solver_options=None, derivatives=None, batched=False, loss_if=None,
+                 tol=1e-10, max_iter=100, n_jobs=None, verbose=0, saddle_free=False,
+                 strongly_convex=False, check_indefinite=True, param_names=None,
+                 unit_labels=None):
+        self.loss, self.params, self.n_samples, self.units = loss, params, n_samples, units
+        self.solver, self.damping = solver, float(damping)
+        self.solver_options = check_solver_options(solver_options)
+        self.derivatives, self.batched, self.loss_if = derivatives, batched, loss_if
+        self.tol, self.max_iter = tol, max_iter
+        self.n_jobs, self.verbose = check_n_jobs(n_jobs), verbose
+        self.saddle_free, self.strongly_convex = saddle_free, strongly_convex
+        self.check_indefinite = check_indefinite
+        self.param_names = param_names
+        self.unit_labels = unit_labels
+        self._solvers, self._right_hand_sides, self._parameter_changes = {}, {}, {}
+        self._refits = {}  # unit position -> refit params
+        self._standard_errors = None
+
+    @property
+    def n_units(self):
+        return len(self.units)
+
+    @property
+    def n_params(self):
+        return self.params.size
+
+    def _map(self, func, label, units=None, size=None):
+        units = self.units if units is None else units
+        return _map_chunks(func, units, self.n_samples, self.batched, self.n_jobs,
+                           self.verbose, label, size=size)
+
+    @property
+    def _lossb(self):
+        return _as_batched(self.loss, self.batched)
+
+    @property
+    def _local_size(self):
+        # chunks of the local fast paths: about _CHUNK_ELEMENTS numbers in (k, p, p)
+        return max(1, _CHUNK_ELEMENTS // (self.n_params * self.n_params))
+
+    # ------------------------------------------------------------ solves
+    def hessian_solver(self, n_rhs=None, kind=None):
+        """The (cached) :class:`HessianSolver` of ``H + damping I`` at the params.
+
+        ``n_rhs``, the number of right-hand sides to come, only matters for
+        ``solver="auto"`` (:func:`auto_solver`); ``kind`` overrides the solver.
+        """
+        kind = kind or self.solver
+        if kind == "auto":
+            kind = auto_solver(self.n_params, self.n_units if n_rhs is None else n_rhs)
+        if kind not in self._solvers:
+            self._solvers[kind] = HessianSolver(
+                self.loss, self.params, np.ones(self.n_samples), solver=kind,
+                damping=self.damping, derivatives=self.derivatives,
+                check_indefinite=self.check_indefinite, **self.solver_options)
+        return self._solvers[kind]
+
+    def right_hand_sides(self, method="vif"):
+        """Per-unit right-hand sides of the linear methods, shape (n_units, n_params).
+
+        ``"vif"``: the gradient changes; ``"if"``: the derivatives of the
+        gradient in the unit's weights, summed over its samples. A unit whose
+        removal leaves a non-finite gradient has a row of NaN.
+        """
+        if method not in self._right_hand_sides:
+            grad_change = _provided(self.derivatives, "gradient_changes")
+            ones = np.ones(self.n_samples)
+            if method == "vif" and grad_change is not None:
+                R = self._map(grad_change, "gradients", size=self._local_size)
+            elif method == "vif":
+                R = self._map(partial(_gradient_change_chunk, lossb=self._lossb,
+                                      theta=self.params, n=self.n_samples,
+                                      g_full=grad(self.loss)(self.params, ones)),
+                              "gradients")
+            else:  # "if": derivative of the gradient in each weight (weight change -1)
+                dgrad_dw = _provided(self.derivatives, "weight_derivatives")
+                D = dgrad_dw() if dgrad_dw is not None else jacobian(
+                    lambda w: grad(self.loss_if or self.loss)(self.params, w))(ones)
+                R = _unit_sums(D, self.units)
+            R = np.asarray(R, dtype=float)
+            R[~np.all(np.isfinite(R), axis=1)] = np.nan
+            self._right_hand_sides[method] = R
+        return self._right_hand_sides[method]
+
+    def _solve_rows(self, R, solver):
+        """``(H + damping I)^-1 R[u]`` for each row, NaN rows left NaN."""
+        bad = np.isnan(R[:, 0]) if R.size else np.zeros(len(R), dtype=bool)
+        out = solver.solve(np.where(bad[:, None], 0.0, R).T).T
+        out[bad] = np.nan
+        return out
+
+    # ------------------------------------------------------- the methods
+    def parameter_changes(self, method="vif"):
+        """Estimated parameter changes, shape (n_units, n_params) (cached).
+
+        ``influence[u, j] ≈ params_j(fit without u) - params_j(fit)``, by
+        ``method`` (see :func:`vif`; ``"loo"`` refits every unit).
+        """
+        check_choice(method, "method", METHODS)
+        if method not in self._parameter_changes:
+            if method == "loo":
+                delta = self._refit(np.arange(self.n_units)) - self.params
+            elif method == "newton":
+                delta = self._newton_steps()
+            else:
+                delta = self._solve_rows(self.right_hand_sides(method), self.hessian_solver())
+            self._parameter_changes[method] = _finite_or_warn(delta, method)
+        return self._parameter_changes[method]
+
+    def _newton_steps(self):
+        theta, n, damping = self.params, self.n_samples, self.damping
+        grad_change = _provided(self.derivatives, "gradient_changes")
+        hess_change = _provided(self.derivatives, "hessian_changes")
+        # above AUTO_CG_MIN_PARAMS (or with a Krylov solver) each unit's Newton system
+        # is solved matrix-free: MINRES for the solvers meant for indefinite Hessians
+        krylov = {"cg": "cg", "minres": "minres", "lanczos": "minres"}.get(self.solver)
+        if self.solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS:
+            krylov = "cg"
+        local = grad_change is not None and hess_change is not None and krylov is None
+        H_full = None
+        if local or not (krylov or self.saddle_free):
+            H_full = _full_hessian(self._lossb, theta, n, self.derivatives) + damping * np.eye(
+                theta.size)
+            if self.check_indefinite:
+                _warn_indefinite(np.linalg.eigvalsh(_jacobi_scaled(H_full)), stacklevel=4)
+        if local:
+            step = partial(_local_newton_chunk, g_full=grad(self.loss)(theta, np.ones(n)),
+                           H_full=H_full, grad_change=grad_change, hess_change=hess_change,
+                           scale=_hessian_scale(H_full))
+        else:
+            step = partial(_newton_chunk, lossb=self._lossb, theta=theta, n=n, loss=self.loss,
+                           damping=damping, krylov=krylov, saddle_free=self.saddle_free,
+                           solver_options=self.solver_options,
+                           scale=None if H_full is None else _hessian_scale(H_full))
+        delta = self._map(step, "newton steps", size=self._local_size if local else None)
+        return _warn_singular_newton(delta)
+
+    def _refit(self, positions):
+        """Refit parameters of the units at ``positions`` (cached per unit), (k, p)."""
+        todo = [i for i in positions if i not in self._refits]
+        if todo:
+            theta, n = self.params, self.n_samples
+            chord = scale = None
+            if not self.saddle_free and (theta.size < AUTO_CG_MIN_PARAMS or _provided(
+                    self.derivatives, "hessian") is not None):
+                H = _full_hessian(self._lossb, theta, n, self.derivatives)
+                scale = _hessian_scale(H)
+                # warm starts by fixed-Hessian steps, unless the model's closed-form
+                # Newton steps are at hand (each then costs little more than a gradient)
+                if (theta.size < AUTO_CG_MIN_PARAMS
+                        and _provided(self.derivatives, "gradient_and_hessian") is None):
+                    try:
+                        chord = partial(scipy.linalg.cho_solve, scipy.linalg.cho_factor(H))
+                    except (np.linalg.LinAlgError, ValueError):  # not PD (or not finite)
+                        pass
+            refit = partial(_refit_chunk, lossb=self._lossb, theta=theta, n=n, chord=chord,
+                            scale=scale, tol=self.tol, max_iter=self.max_iter,
+                            derivatives=self.derivatives,
+                            check_unique=not (self.saddle_free or self.strongly_convex),
+                            strongly_convex=self.strongly_convex)
+            out = self._map(refit, "refits", units=_take(self.units, todo))
+            _warn_refits(out[:, -2] > 0, out[:, -1] > 0, self.max_iter, todo)
+            for i, row in zip(todo, out[:, :-2]):
+                self._refits[i] = row
+        return np.stack([self._refits[i] for i in positions])
+
+    # --------------------------------------------------------- questions
+    def changes(self, target=None, method="vif", *, target_uses_weights=False,
+                target_derivatives=None, positions=None):
+        """Estimated change of ``target`` when each unit is removed.
+
+        Parameters
+        ----------
+        target : callable, default=None
+            ``target(params)`` (or ``target(params, weights)`` with
+            ``target_uses_weights``) returning ``m`` values; ``None``: the
+            parameters.
+        method : {"vif", "if", "newton", "loo"}, default="vif"
+        target_uses_weights : bool, default=False
+            The target depends on the training weights too (e.g. a baseline
+            hazard): its change at fixed params is added.
+        target_derivatives : object, default=None
+            Closed forms of this target: its ``target_changes(units) -> (k,
+            m)``, that change at fixed params (:class:`ModelDerivatives`),
+            replaces the model's; without either it is evaluated per unit.
+        positions : array-like of int, default=None
+            Only the units at these positions (``"loo"`` then refits only
+            those).
+
+        Returns
+        -------
+        ndarray of shape (n_units, m), or (n_units, n_params) for ``target=None``
+        """
+        check_choice(method, "method", METHODS)
+        units = self.units if positions is None else _take(self.units, positions)
+        if target is None:
+            if method == "loo" and positions is not None:
+                return _finite_or_warn(self._refit(positions) - self.params, method)
+            delta = self.parameter_changes(method)  # (a copy: the cache stays intact)
+            return delta.copy() if positions is None else delta[np.asarray(positions)]
+        quantity = target if target_uses_weights else partial(_unweighted, target)
+        ones = np.ones(self.n_samples)
+        if method == "loo":
+            every = np.arange(self.n_units) if positions is None else np.asarray(positions)
+            P = self._refit(every)
+            base = np.ravel(quantity(self.params, ones))
+            return _finite_or_warn(
+                _quantities_at(quantity, P, units, self.n_samples) - base, method)
+        J = _jacobian(lambda th: anp.ravel(quantity(th, ones)), self.params)
+        if method in self._parameter_changes or method == "newton":
+            delta = self.parameter_changes(method)
+            out = (delta if positions is None else delta[np.asarray(positions)]) @ J.T
+        else:
+            R = self.right_hand_sides(method)
+            R = R if positions is None else R[np.asarray(positions)]
+            solver = self.hessian_solver(min(len(R), J.shape[0]))
+            if solver.solver != "direct" and J.shape[0] < R.shape[0]:
+                # target first: J H^-1 R^T = (H^-1 J^T)^T R^T, one solve per target value
+                out = R @ solver.solve(J.T)
+            else:
+                out = self._solve_rows(R, solver) @ J.T
+        if target_uses_weights:
+            closed_form = None if method == "if" else (
+                _provided(target_derivatives, "target_changes")
+                or _provided(self.derivatives, "target_changes"))
+            out = out + (closed_form(units) if closed_form is not None else _direct_part(
+                quantity, self.params, self.n_samples, units, method, self.batched,
+                self.n_jobs, self.verbose))
+        return _finite_or_warn(out, method)
+
+    @property
+    def standard_errors(self):
+        """``sqrt(diag (H + damping I)^-1)``: the standard errors of a negative log-likelihood.
+
+        Formed from ``n_params`` solves; ``ValueError`` from
+        ``AUTO_CG_MIN_PARAMS`` parameters on (a dense ``(p, p)`` inverse).
+        """
+        if self._standard_errors is None:
+            if self.n_params >= AUTO_CG_MIN_PARAMS:
+                raise ValueError(
+                    f"Standard errors need the diagonal of the inverse Hessian, a dense "
+                    f"({self.n_params}, {self.n_params}) solve; only available below "
+                    f"{AUTO_CG_MIN_PARAMS} parameters.")
+            inverse_diagonal = np.diag(self.hessian_solver(kind="direct").solve(
+                np.eye(self.n_params)))
+            self._standard_errors = np.sqrt(np.abs(inverse_diagonal))
+        return self._standard_errors
+
+    def summary_frame(self, method="vif"):
+        r"""Per-unit influence table, like statsmodels' ``get_influence().summary_frame()``.
+
+        Parameters
+        ----------
+        method : {"vif", "if", "newton", "loo"}, default="vif"
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per unit (``unit_labels``), columns ``dfbeta_<name>`` and
+            ``dfbetas_<name>`` for each parameter, then ``cooks_d``.
+
+        Notes
+        -----
+        As in R and statsmodels, ``dfbeta`` is the parameter change *caused*
+        by the unit, the fit on all data minus the fit without it:
+        :math:`\mathrm{dfbeta}_u = -\Delta\theta_u`, the negative of
+        :meth:`parameter_changes` (so with ``method="if"`` on a Cox model it
+        is R's ``residuals(fit, type="dfbeta")``). ``dfbetas`` divides it by
+        :attr:`standard_errors` (R's ``type="dfbetas"``). The Cook's distance
+        of a likelihood fit is :math:`D_u = \Delta\theta_u^\top H
+        \Delta\theta_u / p`, the change measured in the curvature of the
+        objective (with a Gaussian likelihood and ``method="newton"``, the
+        classical Cook's distance up to the residual variance; for a GLM,
+        statsmodels' ``cooks_distance``).
+        """
+        import pandas as pd
+
+        delta = self.parameter_changes(method)
+        names = (list(self.param_names) if self.param_names is not None
+                 else [f"x{j}" for j in range(self.n_params)])
+        H_delta = delta @ self.hessian_solver(kind="direct").hessian
+        cooks = np.einsum("up,up->u", delta, H_delta) / self.n_params
+        columns = {f"dfbeta_{name}": -delta[:, j] for j, name in enumerate(names)}
+        se = self.standard_errors
+        columns.update({f"dfbetas_{name}": -delta[:, j] / se[j]
+                        for j, name in enumerate(names)})
+        columns["cooks_d"] = cooks
+        index = (pd.Index(self.unit_labels).copy() if self.unit_labels is not None
+                 else pd.RangeIndex(self.n_units, name="unit"))
+        return pd.DataFrame(columns, index=index)
+
+
+def _take(units, positions):
+    """The units at ``positions`` (same kind as ``units``)."""
+    if isinstance(units, np.ndarray):
+        return units[np.asarray(positions, dtype=np.intp)]
+    return [units[i] for i in positions]
+
+
+def _quantities_at(quantity, P, units, n):
+    """``quantity(P[i], w^(-units[i]))`` for each refit; NaN where ``P[i]`` is not finite."""
+    rows = []
+    w = np.ones(n)
+    for params, idx in zip(P, units):
+        if not np.all(np.isfinite(params)):
+            rows.append(None)
+            continue
+        w[idx] = 0.0
+        rows.append(np.ravel(quantity(params, w)))
+        w[idx] = 1.0
+    m = next((r.size for r in rows if r is not None), 1)
+    return np.stack([np.full(m, np.nan) if r is None else r for r in rows])
+
+
+def _warn_refits(not_converged, singular, max_iter, positions):
+    positions = np.asarray(positions)
+    if not_converged.any():
+        warnings.warn(f"{not_converged.sum()} leave-one-out refits did not converge "
+                      f"within {max_iter} Newton iterations, or stopped where their "
+                      "objective no longer decreased (a monotone or flat objective "
+                      f"without the unit; units at positions "
+                      f"{_listed(positions[not_converged])}).", ConvergenceWarning,
+                      stacklevel=5)
+    if singular.any():
+        warnings.warn(
+            f"Without the unit(s) at positions {_listed(positions[singular])} the objective "
+            "has no unique minimum (its Hessian at the refit is singular: a flat direction, "
+            "e.g. a column that is constant once they are removed, or a monotone "
+            "likelihood): their refits along that direction are arbitrary. Set a ridge "
+            "penalty (alpha) to make them unique.", UserWarning, stacklevel=5)
+
+
+def influence(loss, params, n_samples, units, *, target=None, target_uses_weights=False,
+              method="vif", **options):
+    """Influence of removing each unit: one question to a new :class:`InfluenceResults`.
+
+    Inputs are assumed valid (see :func:`vif` for the checked public entry).
+    ``options`` are those of :class:`InfluenceResults`, among them:
+
     saddle_free : bool
         For non-convex objectives, whose leave-out Hessian ``H_{-u} = V Lambda V^T``
         can be indefinite at ``params``: ``"newton"`` (generic dense path) then
@@ -663,123 +1069,8 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         Warn when the full-data Hessian is not positive definite (dense
         paths); :func:`vif` checks this itself, on every path.
     """
-    theta = params
-    n = n_samples
-    n_jobs = check_n_jobs(n_jobs)
-    grad_change = _provided(derivatives, "gradient_changes")
-    hess_change = _provided(derivatives, "hessian_changes")
-    dgrad_dw = _provided(derivatives, "weight_derivatives")
-    ones = np.ones(n)
-    lossb = _as_batched(loss, batched)
-
-    if target is None:
-        quantity = _parameters
-    elif target_uses_weights:
-        quantity = target
-    else:
-        quantity = partial(_unweighted, target)
-    # the chunk functions are module-level functions and partials, so that any joblib
-    # backend (also "multiprocessing", which pickles them) can run them
-    common = dict(lossb=lossb, theta=theta, n=n)
-
-    if method == "loo":
-        chord = scale = None
-        if not saddle_free and (theta.size < AUTO_CG_MIN_PARAMS
-                                or _provided(derivatives, "hessian") is not None):
-            H = _full_hessian(lossb, theta, n, derivatives)
-            scale = _hessian_scale(H)
-            # warm starts by fixed-Hessian steps, unless the model's closed-form Newton
-            # steps are at hand (each then costs little more than a gradient)
-            if (theta.size < AUTO_CG_MIN_PARAMS
-                    and _provided(derivatives, "gradient_and_hessian") is None):
-                try:
-                    chord = partial(scipy.linalg.cho_solve, scipy.linalg.cho_factor(H))
-                except (np.linalg.LinAlgError, ValueError):  # not PD (or not finite)
-                    pass
-        refit = partial(_refit_chunk, **common, quantity=quantity, chord=chord, scale=scale,
-                        tol=tol, max_iter=max_iter, derivatives=derivatives,
-                        check_unique=not (saddle_free or strongly_convex),
-                        strongly_convex=strongly_convex)
-        base = np.ravel(quantity(theta, ones))
-        out = _map_chunks(refit, units, n, batched, n_jobs, verbose, "refits")
-        not_converged, singular = out[:, -2] > 0, out[:, -1] > 0
-        not_converged &= np.all(np.isfinite(out[:, :-2]), axis=1)  # NaN: named below
-        if not_converged.any():
-            warnings.warn(f"{not_converged.sum()} leave-one-out refits did not converge "
-                          f"within {max_iter} Newton iterations, or stopped where their "
-                          "objective no longer decreased (a monotone or flat objective "
-                          f"without the unit; units at positions "
-                          f"{_positions(not_converged)}).", ConvergenceWarning, stacklevel=3)
-        if singular.any():
-            warnings.warn(
-                f"Without the unit(s) at positions {_positions(singular)} the objective has "
-                "no unique minimum (its Hessian at the refit is singular: a flat direction, "
-                "e.g. a column that is constant once they are removed, or a monotone "
-                "likelihood): their refits along that direction are arbitrary. Set a ridge "
-                "penalty (alpha) to make them unique.", UserWarning, stacklevel=3)
-        return _finite_or_warn(out[:, :-2] - base, "loo")
-
-    # linearized methods: delta_theta per unit, then mapped through the target
-    J = None if target is None else _jacobian(lambda th: anp.ravel(quantity(th, ones)), theta)
-
-    # chunk size of the local fast paths: at most about _CHUNK_ELEMENTS numbers
-    # in a chunk's (k, p, p) Hessian changes
-    local_size = max(1, _CHUNK_ELEMENTS // (theta.size * theta.size))
-    # "newton" needs a Hessian per unit: dense below AUTO_CG_MIN_PARAMS
-    newton_cg = solver == "cg" or (solver == "auto" and theta.size >= AUTO_CG_MIN_PARAMS)
-
-    if method == "newton":
-        local = grad_change is not None and hess_change is not None and not newton_cg
-        H_full = None
-        if local or not (newton_cg or saddle_free):
-            H_full = _full_hessian(lossb, theta, n, derivatives) + damping * np.eye(theta.size)
-            if check_indefinite:
-                _warn_indefinite(np.linalg.eigvalsh(_jacobi_scaled(H_full)), stacklevel=2)
-        if local:
-            step = partial(_local_newton_chunk, g_full=grad(loss)(theta, ones), H_full=H_full,
-                           grad_change=grad_change, hess_change=hess_change,
-                           scale=_hessian_scale(H_full))
-        else:
-            step = partial(_newton_chunk, **common, loss=loss, damping=damping,
-                           newton_cg=newton_cg, saddle_free=saddle_free,
-                           scale=None if H_full is None else _hessian_scale(H_full))
-        delta = _map_chunks(step, units, n, batched, n_jobs, verbose, "newton steps",
-                            size=local_size if local else None)
-        delta = _warn_singular_newton(delta)
-        out = delta if J is None else delta @ J.T
-    else:
-        n_rhs = len(units) if J is None else min(len(units), J.shape[0])
-        hess = HessianSolver(loss, theta, ones, damping=damping, derivatives=derivatives,
-                             solver=auto_solver(theta.size, n_rhs) if solver == "auto" else solver,
-                             check_indefinite=check_indefinite)
-        if method == "vif" and grad_change is not None:
-            R = _map_chunks(grad_change, units, n, batched, n_jobs, verbose, "gradients",
-                            size=local_size)
-        elif method == "vif":
-            R = _map_chunks(partial(_gradient_change_chunk, **common,
-                                    g_full=grad(loss)(theta, ones)),
-                            units, n, batched, n_jobs, verbose, "gradients")
-        else:  # "if": derivative of the gradient in each weight (weight change -1)
-            D = dgrad_dw() if dgrad_dw is not None else jacobian(
-                lambda w: grad(loss_if or loss)(theta, w))(ones)  # (p, n)
-            R = _unit_sums(D, units)
-        # a unit whose removal leaves a non-finite loss or gradient gets NaN, not a
-        # failed solve for all units (_finite_or_warn names it)
-        bad = ~np.all(np.isfinite(R), axis=1)
-        R = np.where(bad[:, None], 0.0, R)
-        if J is None:
-            out = hess.solve(R.T).T
-        elif hess.solver == "cg" and J.shape[0] < R.shape[0]:
-            out = R @ hess.solve(J.T)  # H symmetric: J H^-1 R^T = (H^-1 J^T)^T R^T
-        else:
-            out = hess.solve(R.T).T @ J.T
-        out[bad] = np.nan
-
-    if target is not None and target_uses_weights:
-        closed_form = _provided(derivatives, "target_changes") if method != "if" else None
-        out = out + (closed_form(units) if closed_form is not None else
-                     _direct_part(quantity, theta, n, units, method, batched, n_jobs, verbose))
-    return _finite_or_warn(out, method)
+    results = InfluenceResults(loss, params, n_samples, units, **options)
+    return results.changes(target, method, target_uses_weights=target_uses_weights)
 
 
 def _parameters(th, w):
@@ -803,14 +1094,22 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
     return np.column_stack([-step, singular])
 
 
-def _newton_chunk(chunk, *, loss, lossb, theta, n, damping, newton_cg, saddle_free, scale):
-    """Newton steps on the leave-out objectives, generic autograd path."""
+def _newton_chunk(chunk, *, loss, lossb, theta, n, damping, krylov, saddle_free, scale,
+                  solver_options):
+    """Newton steps on the leave-out objectives, generic autograd path.
+
+    ``krylov`` (``"cg"`` or ``"minres"``): each unit's system solved on
+    Hessian-vector products of its own objective, never formed.
+    """
     W = _leave_out_weights(chunk, n)
     P = np.tile(theta, (len(chunk), 1))
     g = _batch_grad(lossb, P, W)
-    if newton_cg:
+    if krylov:
+        options = {key: value for key, value in solver_options.items()
+                   if key in ("cg_rtol", "cg_maxiter")}  # (the full-data preconditioner is not H_-u's)
         return np.column_stack([-np.stack([
-            HessianSolver(loss, theta, W[i], solver="cg", damping=damping).solve(g[i])
+            HessianSolver(loss, theta, W[i], solver=krylov, damping=damping,
+                          **options).solve(g[i])
             for i in range(len(chunk))]), np.zeros(len(chunk))])
     if saddle_free:
         lam, V = np.linalg.eigh(_batch_hessians(lossb, P, W))
@@ -822,12 +1121,12 @@ def _newton_chunk(chunk, *, loss, lossb, theta, n, damping, newton_cg, saddle_fr
     return np.column_stack([-step, singular])
 
 
-def _refit_chunk(chunk, *, lossb, theta, n, quantity, chord, scale, tol, max_iter,
+def _refit_chunk(chunk, *, lossb, theta, n, chord, scale, tol, max_iter,
                  derivatives, check_unique, strongly_convex):
-    """Exact refits of the units of a chunk: quantity values, not-converged, singular.
+    """Exact refits of the units of a chunk: refit params, not-converged, singular.
 
     A unit whose leave-out loss or gradient is not finite at ``theta`` is not
-    refit: its values are NaN (named by ``_finite_or_warn``).
+    refit: its params are NaN (named by ``_finite_or_warn``).
     """
     W = _leave_out_weights(chunk, n)
     P = np.tile(theta, (len(chunk), 1))
@@ -851,9 +1150,8 @@ def _refit_chunk(chunk, *, lossb, theta, n, quantity, chord, scale, tol, max_ite
         # non-convex ones, whose removed parts may be flat by design)
         if check_unique and H is not None:  # (no Hessians above AUTO_CG_MIN_PARAMS)
             singular[todo] = _singular_each(H, scale)
-    values = np.stack([np.ravel(quantity(P[i], W[i])) for i in range(len(chunk))])
-    values[~finite] = np.nan
-    return np.column_stack([values, ~conv, singular])
+    P[~finite] = np.nan
+    return np.column_stack([P, ~conv & finite, singular])
 
 
 def _warn_singular_newton(delta):
@@ -934,6 +1232,40 @@ def check_units(units, n_samples, name="units"):
     return out
 
 
+def check_solver_options(options):
+    """Validate ``solver_options``; returns :class:`HessianSolver` keyword arguments."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"solver_options must be None or a dict, got {type(options).__name__}.")
+    unknown = sorted(set(options) - set(SOLVER_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown solver_options {unknown}; the options are "
+                         f"{list(SOLVER_OPTIONS)}.")
+    out = {}
+    if "rtol" in options:
+        rtol = options["rtol"]
+        if (not isinstance(rtol, numbers.Real) or isinstance(rtol, bool)
+                or not 0 < rtol < 1):
+            raise ValueError(f"solver_options['rtol'] must be in (0, 1), got {rtol!r}.")
+        out["cg_rtol"] = float(rtol)
+    for key, name in (("maxiter", "cg_maxiter"), ("rank", "rank")):
+        if options.get(key) is not None:
+            value = options[key]
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"solver_options[{key!r}] must be a positive integer, "
+                                 f"got {value!r}.")
+            out[name] = int(value)
+    if options.get("preconditioner") is not None:
+        M = options["preconditioner"]
+        if not (callable(M) or isinstance(M, (LinearOperator, np.ndarray))
+                or hasattr(M, "shape")):
+            raise TypeError("solver_options['preconditioner'] must be a LinearOperator, a "
+                            "matrix or a callable v -> M v.")
+        out["preconditioner"] = M
+    return out
+
+
 def check_choice(value, name, options):
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {value!r}.")
@@ -959,7 +1291,8 @@ def check_n_jobs(n_jobs):
 
 
 def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solver="auto",
-        damping=0.0, n_jobs=None, batched=False, verbose=0, refine=None, return_exact=False):
+        damping=0.0, n_jobs=None, batched=False, verbose=0, refine=None, return_exact=False,
+        solver_options=None, derivatives=None):
     r"""Influence of removing training units on the parameters (or a target) of any loss.
 
     Parameters
@@ -985,13 +1318,19 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     units : None or list of array-like of int, default=None
         ``None`` removes each sample alone; otherwise each entry lists the
         samples removed together.
-    solver : {"auto", "direct", "cg"}, default="auto"
+    solver : {"auto", "direct", "cg", "minres", "lanczos"}, default="auto"
         ``"direct"`` factorizes the dense Hessian; ``"cg"`` runs conjugate
-        gradients on Hessian-vector products and never forms it; ``"auto"``
-        uses ``"cg"`` from 2000 parameters on, or when the solves (one per
-        unit or per target value, whichever is fewer) would take fewer than
-        about ``n_params`` Hessian-vector products at about 20 per solve
-        (``benchmarks/bench_cox.py solvers`` shows the crossover).
+        gradients on Hessian-vector products and never forms it; ``"minres"``
+        runs MINRES on them (defined for indefinite ``H + damping I``:
+        non-convex models); ``"lanczos"`` solves in the span of the ``rank``
+        eigenvectors of largest eigenvalue magnitude (a low-rank
+        approximation for very large models); ``"auto"`` uses ``"cg"`` from
+        2000 parameters on, or when the solves (one per unit or per target
+        value, whichever is fewer) would take fewer than about ``n_params``
+        Hessian-vector products at about 20 per solve
+        (``benchmarks/bench_cox.py solvers`` shows the crossover). With a
+        Krylov solver, ``"newton"`` solves each unit's system matrix-free
+        (``"cg"``, else MINRES).
     damping : float, default=0.0
         Added to the Hessian's diagonal; needed when the objective is singular
         or not convex at ``params``.
@@ -1015,6 +1354,19 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         (``|change|`` for a scalar target).
     return_exact : bool, default=False
         Also return a boolean array marking the rows that are exact refits.
+    solver_options : dict, default=None
+        Options of the Krylov and low-rank solvers: ``"rtol"`` (relative
+        residual tolerance, default ``1e-10``), ``"maxiter"`` (default
+        ``10 * n_params``), ``"preconditioner"`` (a
+        :class:`~scipy.sparse.linalg.LinearOperator`, matrix or callable
+        ``v -> M v`` approximating ``(H + damping I)^-1``, for ``"cg"`` and
+        ``"minres"``), ``"rank"`` (``"lanczos"``, default
+        ``min(50, n_params - 1)``).
+    derivatives : object, default=None
+        Closed forms of the model that replace autograd computations, looked
+        up by name (:class:`ModelDerivatives`: ``gradient_changes``,
+        ``hessian``, ``hessian_vector_product``, ``preconditioner``...). They
+        must return what autograd would.
 
     Returns
     -------
@@ -1075,6 +1427,71 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     >>> vif(loss, [x.mean()], 4, method="loo").ravel().round(4)
     array([ 1.    ,  0.6667,  0.3333, -2.    ])
     """
+    check_choice(method, "method", METHODS)
+    results = _checked_results(loss, params, n_samples, units, target=target, solver=solver,
+                               damping=damping, solver_options=solver_options,
+                               derivatives=derivatives, n_jobs=n_jobs, batched=batched,
+                               verbose=verbose)
+    from ._robustness import check_refine, parameter_scale, refine_rows
+
+    refine = check_refine(refine, results.n_units)
+    result = results.changes(target, method)
+    is_exact = np.full(results.n_units, method == "loo")
+    if refine and method != "loo":
+        scale = parameter_scale(results) if target is None else None
+        result, is_exact = refine_rows(
+            result, refine, lambda top: results.changes(target, "loo", positions=top), scale)
+    return (result, is_exact) if return_exact else result
+
+
+def get_influence(loss, params, n_samples, *, units=None, solver="auto", damping=0.0,
+                  solver_options=None, derivatives=None, n_jobs=None, batched=False,
+                  verbose=0, param_names=None, unit_labels=None):
+    """The influence of each training unit as a results object, for many questions.
+
+    Checks the problem as :func:`vif` does, then returns an
+    :class:`InfluenceResults` that computes each method once and caches it:
+    parameter changes, any target, standard errors and a statsmodels-style
+    :meth:`~InfluenceResults.summary_frame` with dfbeta, dfbetas and a
+    Cook's distance.
+
+    Parameters
+    ----------
+    loss, params, n_samples, units, solver, damping, solver_options, derivatives, n_jobs, batched, verbose :
+        As in :func:`vif`.
+    param_names : sequence of str, default=None
+        Names of the parameters, for :meth:`~InfluenceResults.summary_frame`.
+    unit_labels : sequence, default=None
+        Labels of the units (rows of the summary frame).
+
+    Returns
+    -------
+    InfluenceResults
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import autograd.numpy as anp
+    >>> from skvif import get_influence
+    >>> x = np.array([1.0, 2.0, 3.0, 10.0])
+    >>> loss = lambda m, w: 0.5 * anp.sum(w * (x - m[0]) ** 2)
+    >>> results = get_influence(loss, [x.mean()], 4, param_names=["mean"])
+    >>> results.changes(method="loo").ravel().round(4)
+    array([ 1.    ,  0.6667,  0.3333, -2.    ])
+    >>> results.summary_frame(method="loo")["dfbeta_mean"].round(4).tolist()
+    [-1.0, -0.6667, -0.3333, 2.0]
+    """
+    return _checked_results(loss, params, n_samples, units, target=None, solver=solver,
+                            damping=damping, solver_options=solver_options,
+                            derivatives=derivatives, n_jobs=n_jobs, batched=batched,
+                            verbose=verbose, param_names=param_names,
+                            unit_labels=unit_labels)
+
+
+def _checked_results(loss, params, n_samples, units, *, target, solver, damping,
+                     solver_options, derivatives, n_jobs, batched, verbose,
+                     param_names=None, unit_labels=None):
+    """Check a problem (and target) as :func:`vif` documents; its :class:`InfluenceResults`."""
     if not callable(loss):
         raise TypeError(f"loss must be callable, got {type(loss).__name__}.")
     try:
@@ -1088,8 +1505,8 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     if (not isinstance(n_samples, numbers.Integral) or isinstance(n_samples, bool)
             or n_samples < 1):
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
-    check_choice(method, "method", METHODS)
     check_choice(solver, "solver", SOLVERS)
+    check_solver_options(solver_options)
     damping = check_nonnegative(damping, "damping")
     units = check_units(units, int(n_samples))
     if target is not None and not callable(target):
@@ -1128,21 +1545,22 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
             raise ValueError("target(params) must return a finite 1-D array.")
         _traced(grad(lambda th: anp.sum(target(th))), "target", theta)
     _check_minimum(_as_batched(loss, batched), theta, int(n_samples), gradient,
-                   float(value_at_params), damping)
-    from ._robustness import check_refine, parameter_scale, refine_rows
+                   float(value_at_params), damping, derivatives)
+    return InfluenceResults(loss, theta, int(n_samples), units, solver=solver,
+                            damping=damping, solver_options=solver_options,
+                            derivatives=derivatives, n_jobs=n_jobs, batched=bool(batched),
+                            verbose=verbose, check_indefinite=False,
+                            param_names=_names(param_names, theta.size, "param_names"),
+                            unit_labels=_names(unit_labels, len(units), "unit_labels"))
 
-    refine = check_refine(refine, len(units))
-    options = dict(target=target, solver=solver, damping=damping, n_jobs=n_jobs,
-                   batched=bool(batched), verbose=verbose, check_indefinite=False)
-    result = influence(loss, theta, int(n_samples), units, method=method, **options)
-    is_exact = np.full(len(units), method == "loo")
-    if refine and method != "loo":
-        scale = None if target is not None else parameter_scale(
-            loss, theta, int(n_samples), damping, batched=bool(batched))
-        result, is_exact = refine_rows(result, refine, lambda top: influence(
-            loss, theta, int(n_samples), [units[i] for i in top], method="loo", **options),
-            scale)
-    return (result, is_exact) if return_exact else result
+
+def _names(names, size, what):
+    if names is None:
+        return None
+    names = list(names)
+    if len(names) != size:
+        raise ValueError(f"{what} has {len(names)} entries, expected {size}.")
+    return names
 
 
 _AUTOGRAD_HINT = ("write it with autograd.numpy (import autograd.numpy as anp; anp.exp, "
@@ -1164,7 +1582,7 @@ def _traced(function, where, *args):
 _DECREMENT_RTOL = 1e-8
 
 
-def _check_minimum(lossb, theta, n_samples, gradient, value, damping):
+def _check_minimum(lossb, theta, n_samples, gradient, value, damping, derivatives=None):
     """Warn when ``theta`` is not at a minimum of the full-data loss.
 
     The influence formulas hold at a minimum. Below ``AUTO_CG_MIN_PARAMS``
@@ -1176,8 +1594,7 @@ def _check_minimum(lossb, theta, n_samples, gradient, value, damping):
     """
     p = theta.size
     if p < AUTO_CG_MIN_PARAMS:
-        H = _batch_hessians(lossb, theta[None], np.ones((1, n_samples)))[0]
-        H = H + damping * np.eye(p)
+        H = _full_hessian(lossb, theta, n_samples, derivatives) + damping * np.eye(p)
         if not np.all(np.isfinite(H)):
             return  # the solvers name this
         d = _hessian_scale(H)

@@ -24,7 +24,7 @@ import pandas as pd
 from autograd import grad, jacobian
 from scipy import stats
 
-from ._engine import (AUTO_CG_MIN_PARAMS, _as_batched, _batch_hessians, _full_hessian,
+from ._engine import (AUTO_CG_MIN_PARAMS, _as_batched, _batch_hessians,
                       check_choice, check_nonnegative, check_units, influence)
 
 __all__ = ["robustness", "Robustness", "RobustnessReport", "GOALS", "refine_rows",
@@ -94,21 +94,20 @@ def refine_rows(estimate, refine, exact, scale=None):
     return refined, is_exact
 
 
-def parameter_scale(loss, params, n_samples, damping=0.0, derivatives=None, batched=False):
-    """``sqrt(|diag H^-1|)``: standard errors when the loss is a negative log-likelihood.
+def parameter_scale(results):
+    """``sqrt(|diag H^-1|)`` of an :class:`~skvif.InfluenceResults`, or ``None``.
 
-    Ranks parameter changes in units that do not depend on how the features
-    are scaled; ``None`` (unscaled) above ``AUTO_CG_MIN_PARAMS`` parameters or
+    The standard errors when the loss is a negative log-likelihood: ranks
+    parameter changes in units that do not depend on how the features are
+    scaled; ``None`` (unscaled) from ``AUTO_CG_MIN_PARAMS`` parameters on or
     when the Hessian is singular.
     """
-    if params.size >= AUTO_CG_MIN_PARAMS:
+    if results.n_params >= AUTO_CG_MIN_PARAMS:
         return None
-    H = _full_hessian(_as_batched(loss, batched), params, n_samples, derivatives)
     try:
-        inverse = np.linalg.inv(H + damping * np.eye(params.size))
-    except np.linalg.LinAlgError:
+        scale = results.standard_errors
+    except ValueError:  # singular Hessian
         return None
-    scale = np.sqrt(np.abs(np.diag(inverse)))
     return scale if np.all(np.isfinite(scale) & (scale > 0)) else None
 
 

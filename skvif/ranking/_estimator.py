@@ -16,7 +16,7 @@ from sklearn.utils.validation import _check_sample_weight, _num_samples, check_i
 from .._base import (FittedInputMixin, FittedLinearMixin, check_identifiable,
                      check_influence_options, collinear_columns, collinearity_message,
                      feature_names, feature_position, row_labels, validate_X)
-from .._engine import check_choice, check_units, influence, minimize
+from .._engine import InfluenceResults, check_choice, check_units, minimize
 from .._robustness import (_Problem, check_refine, check_robustness_options, parameter_scale,
                            refine_rows, search_all, with_exactness)
 from ._objective import (LOSSES, LocalChanges, Lists, objective, query_weighted_objective,
@@ -395,18 +395,17 @@ class ListwiseRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator
             spec["loss_if"] = partial(query_weighted_objective, lists=lists, loss=self._loss,
                                       alpha=self._alpha)
         refine = check_refine(refine, len(units))
-        options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
-                       tol=min(self.tol, 1e-10), max_iter=self.max_iter, verbose=verbose,
-                       strongly_convex=self._alpha > 0, **spec)
-        result = influence(self._objective(), self.coef_.copy(), n, units, method=method,
-                           **options)
+        target_fn = spec.pop("target", None)
+        results = InfluenceResults(self._objective(), self.coef_.copy(), n, units,
+                                   solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
+                                   tol=min(self.tol, 1e-10), max_iter=self.max_iter,
+                                   verbose=verbose, strongly_convex=self._alpha > 0, **spec)
+        result = results.changes(target_fn, method)
         is_exact = np.full(len(units), method == "loo")
         if refine and method != "loo":
-            scale = None if target != "coef" else parameter_scale(
-                self._objective(), self.coef_, n, damping, batched=True)
-            result, is_exact = refine_rows(result, refine, lambda top: influence(
-                self._objective(), self.coef_.copy(), n, [units[i] for i in top],
-                method="loo", **options), scale)
+            scale = None if target != "coef" else parameter_scale(results)
+            result, is_exact = refine_rows(result, refine, lambda top: results.changes(
+                target_fn, "loo", positions=top), scale)
         out = (pd.DataFrame(result, index=index.copy(), columns=columns.copy()) if as_frame
                else result)  # (copies: renaming a result's index renames nothing else)
         return with_exactness(out, is_exact, index, as_frame, refine, return_exact)

@@ -14,10 +14,12 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
-from .._base import (FittedInputMixin, check_identifiable, check_influence_options,
-                     check_labels, collinear_columns, collinearity_message, feature_names,
-                     feature_position, row_labels, units_from_groups, validate_X)
-from .._engine import check_choice, check_units, influence, minimize
+from .._base import (FittedInputMixin, InfluenceCacheMixin, check_identifiable,
+                     check_influence_options, check_labels, collinear_columns,
+                     collinearity_message, feature_names, feature_position, groups_key,
+                     row_labels, units_from_groups, validate_X)
+from .._engine import (METHODS, InfluenceResults, check_choice, check_n_jobs, check_units,
+                       minimize)
 from .._robustness import (_Problem, check_goals, check_refine, check_robustness_options,
                            hessian_standard_error, parameter_scale, refine_rows, search_all,
                            with_exactness)
@@ -197,7 +199,7 @@ class SurvivalModelMixin:
 
 
 class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttributesMixin,
-                     FittedInputMixin, BaseEstimator):
+                     FittedInputMixin, InfluenceCacheMixin, BaseEstimator):
     r"""Cox proportional hazards model with influence diagnostics.
 
     Fits the Cox model by Newton's method and reports how each training row (or
@@ -611,12 +613,10 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
                                  solver=solver, damping=damping, n_jobs=n_jobs,
                                  verbose=verbose, target=target, refine=refine,
                                  return_exact=return_exact)
-        damping = check_influence_options(method, solver, damping)
-        check_identifiable(self, damping)
-        n = self._X.shape[0]
-        units, group_labels = units_from_groups(groups, n)
-        units = check_units(units, n)
-        loss = self._loss()
+        check_choice(method, "method", METHODS)
+        results = self.get_influence(groups=groups, solver=solver, damping=damping,
+                                     n_jobs=n_jobs, verbose=verbose)
+        n_units = results.n_units
 
         spec, survival = {"target": None}, None
         columns = feature_names(self)
@@ -644,24 +644,17 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
                     strata, X_new.shape[0])
                 spec["target"] = partial(_test_loss_target, X=X_new, ties=self._ties,
                                          risk_sets=RiskSets(time, event, None, codes))
-        # closed forms: the Hessian (dense solves, refits), R's dfbeta by prefix sums
-        # ("if", any units), exact leave-one-row-out gradient and Hessian changes ("vif",
-        # "newton": single rows of right-censored data)
-        spec["derivatives"] = self._derivatives(groups, survival)
-        refine = check_refine(refine, len(units))
-        options = dict(solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
-                       loss_if=self._loss(smooth=True), tol=self.tol, max_iter=self.max_iter,
-                       verbose=verbose, strongly_convex=self._alpha > 0, **spec)
-        result = influence(loss, self.coef_.copy(), n, units, method=method, **options)
-        is_exact = np.full(len(units), method == "loo")
+        if survival is not None:  # the survival target's own closed form
+            spec["target_derivatives"] = self._derivatives(groups, survival)
+        refine = check_refine(refine, n_units)
+        result = results.changes(method=method, **spec)
+        is_exact = np.full(n_units, method == "loo")
         if refine and method != "loo":
             # summary()'s se(coef) (with damping on the Hessian's diagonal)
-            scale = None if target != "coef" else parameter_scale(
-                loss, self.coef_, n, damping, spec.get("derivatives"), batched=True)
-            result, is_exact = refine_rows(result, refine, lambda top: influence(
-                loss, self.coef_.copy(), n, [units[i] for i in top], method="loo",
-                **options), scale)
-        index = group_labels if group_labels is not None else self._row_labels
+            scale = None if target != "coef" else parameter_scale(results)
+            result, is_exact = refine_rows(result, refine, lambda top: results.changes(
+                method="loo", positions=top, **spec), scale)
+        index = results.unit_labels
         if target == "loss":
             result = result[:, 0]
             out = pd.Series(result, index=index.copy(), name="loss") if as_frame else result
@@ -669,10 +662,71 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
             # (copies: renaming a result's index renames nothing else)
             out = pd.DataFrame(result, index=index.copy(), columns=columns.copy())
         elif target == "survival":
-            out = result.reshape(len(units), X_new.shape[0], len(times))
+            out = result.reshape(n_units, X_new.shape[0], len(times))
         else:
             out = result
         return with_exactness(out, is_exact, index, as_frame, refine, return_exact)
+
+    def get_influence(self, *, groups=None, solver="auto", damping=0.0, n_jobs=None,
+                      verbose=None):
+        """The influence of each training row (or group), as a results object.
+
+        Like statsmodels' ``results.get_influence()``: the problem is set up
+        once (closed-form derivatives, the Hessian's factorization) and each
+        method computed once, then kept for this fit; :meth:`influence_`
+        answers from it, and it gives a per-row table,
+        :meth:`~skvif.InfluenceResults.summary_frame`, with R's ``dfbeta``
+        and ``dfbetas`` and a Cook's distance.
+
+        Parameters
+        ----------
+        groups : array-like of shape (n_samples,), default=None
+            A label per training row; a unit is then a whole group (rows of
+            the results follow ``np.unique(groups)``).
+        solver : {"auto", "direct", "cg", "minres", "lanczos"}, default="auto"
+        damping : float, default=0.0
+        n_jobs : int, default=None
+        verbose : int, bool or None, default=None
+            See :meth:`influence_`.
+
+        Returns
+        -------
+        skvif.InfluenceResults
+            Its units are the rows (or groups), labelled by the training
+            index; its parameters the coefficients, named by feature.
+
+        Examples
+        --------
+        >>> from lifelines.datasets import load_rossi
+        >>> from skvif import CoxPHInfluence
+        >>> rossi = load_rossi()
+        >>> model = CoxPHInfluence().fit(rossi.drop(columns=["week", "arrest"]),
+        ...                              rossi[["week", "arrest"]])
+        >>> frame = model.get_influence().summary_frame(method="if")
+        >>> list(frame.columns[[0, 7, 14]])
+        ['dfbeta_fin', 'dfbetas_fin', 'cooks_d']
+        """
+        check_is_fitted(self)
+        damping = check_influence_options("vif", solver, damping)
+        check_identifiable(self, damping)
+        n = self._X.shape[0]
+
+        def build():
+            units, group_labels = units_from_groups(groups, n)
+            # closed forms: the Hessian (dense solves, refits), R's dfbeta by prefix
+            # sums ("if", any units), exact leave-one-row-out gradient and Hessian
+            # changes ("vif", "newton": single rows of right-censored data)
+            return InfluenceResults(
+                self._loss(), self.coef_.copy(), n, check_units(units, n), solver=solver,
+                damping=damping, derivatives=self._derivatives(groups), batched=True,
+                loss_if=self._loss(smooth=True), tol=self.tol, max_iter=self.max_iter,
+                strongly_convex=self._alpha > 0, param_names=list(feature_names(self)),
+                unit_labels=group_labels if group_labels is not None else self._row_labels)
+
+        results = self._cached_influence((groups_key(groups), solver, damping), self.coef_,
+                                         build)
+        results.n_jobs, results.verbose = check_n_jobs(n_jobs), verbose
+        return results
 
     # ----------------------------------------------------------- robustness
     def robustness_(self, feature, *, alpha_level=0.05, goals=None, groups=None,
