@@ -1,6 +1,7 @@
 """Glue shared by the estimators: influence bookkeeping and DataFrame output."""
 
 import hashlib
+import weakref
 from numbers import Integral
 
 import numpy as np
@@ -149,26 +150,27 @@ class FittedInputMixin:
         return validate_X(self, X, reset=False)
 
 
+# fitted influence problems per estimator, outside the estimator's own state (which
+# influence_ leaves untouched, and which is what pickling and cloning see)
+_INFLUENCE_CACHE = weakref.WeakKeyDictionary()
+
+
 class InfluenceCacheMixin:
     """Keeps the fitted influence problems (``get_influence()``) between ``influence_`` calls.
 
     Results are kept for the current fit only (they are rebuilt once the
-    fitted parameters change) and are not pickled.
+    fitted parameters change), outside the estimator's attributes: they are
+    neither pickled nor cloned, and are freed with the estimator.
     """
 
     def _cached_influence(self, key, params, build):
-        cache = self.__dict__.setdefault("_influence_cache", {})
+        cache = _INFLUENCE_CACHE.setdefault(self, {})
         results = cache.get(key)
         if results is None or not np.array_equal(results.params, params):
             if any(not np.array_equal(r.params, params) for r in cache.values()):
                 cache.clear()  # a new fit
             results = cache[key] = build()
         return results
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_influence_cache", None)
-        return state
 
 
 def groups_key(groups):

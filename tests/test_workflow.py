@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from lifelines import CoxPHFitter
 from lifelines.datasets import load_rossi
+from sklearn.base import clone
 from sksurv.datasets import load_gbsg2, load_whas500
 from sksurv.linear_model import CoxPHSurvivalAnalysis
 
@@ -303,6 +304,8 @@ def test_progress_bar_on_request_only(capsys):
                                  rossi[["week", "arrest"]])
     quiet = model.influence_(method="loo")  # automatic: stderr is not a terminal here
     assert capsys.readouterr().err == ""
+    model = clone(model)  # (the first model keeps its refits: asked again, it does none)
+    model.fit(rossi.drop(columns=["week", "arrest"]), rossi[["week", "arrest"]])
     loud = model.influence_(method="loo", verbose=1)
     err = capsys.readouterr().err
     assert "[skvif] refits" in err and "60/60" in err
