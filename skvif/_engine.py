@@ -692,9 +692,16 @@ class InfluenceResults:
         See :func:`vif`.
     derivatives : object, default=None
         The model's closed forms (:class:`ModelDerivatives`).
-    batched, loss_if, tol, max_iter, n_jobs, verbose :
-        As in :func:`vif`; ``tol`` and ``max_iter`` are those of the exact
-        refits of ``"loo"``.
+    batched : bool, default=False
+        As in :func:`vif`.
+    loss_if : callable, default=None
+        The loss whose weight derivative ``"if"`` linearizes (default ``loss``).
+    tol : float, default=1e-10
+        Tolerance of the exact refits of ``"loo"``.
+    max_iter : int, default=100
+        Newton iterations of each exact refit.
+    n_jobs : int, default=None
+    verbose : int, default=0
     saddle_free, strongly_convex, check_indefinite : bool
         See :func:`influence`.
     param_names : sequence of str, default=None
@@ -734,10 +741,12 @@ class InfluenceResults:
 
     @property
     def n_units(self):
+        """Number of units."""
         return len(self.units)
 
     @property
     def n_params(self):
+        """Number of parameters."""
         return self.params.size
 
     def _map(self, func, label, units=None, size=None):
@@ -758,8 +767,17 @@ class InfluenceResults:
     def hessian_solver(self, n_rhs=None, kind=None):
         """The (cached) :class:`HessianSolver` of ``H + damping I`` at the params.
 
-        ``n_rhs``, the number of right-hand sides to come, only matters for
-        ``solver="auto"`` (:func:`auto_solver`); ``kind`` overrides the solver.
+        Parameters
+        ----------
+        n_rhs : int, default=None
+            The number of right-hand sides to come (default: one per unit);
+            only matters for ``solver="auto"`` (:func:`auto_solver`).
+        kind : str, default=None
+            A solver other than the results' own (e.g. ``"direct"``).
+
+        Returns
+        -------
+        HessianSolver
         """
         kind = kind or self.solver
         if kind == "auto":
@@ -777,6 +795,14 @@ class InfluenceResults:
         ``"vif"``: the gradient changes; ``"if"``: the derivatives of the
         gradient in the unit's weights, summed over its samples. A unit whose
         removal leaves a non-finite gradient has a row of NaN.
+
+        Parameters
+        ----------
+        method : {"vif", "if"}, default="vif"
+
+        Returns
+        -------
+        ndarray of shape (n_units, n_params)
         """
         if method not in self._right_hand_sides:
             grad_change = _provided(self.derivatives, "gradient_changes")
@@ -811,6 +837,16 @@ class InfluenceResults:
 
         ``influence[u, j] ≈ params_j(fit without u) - params_j(fit)``, by
         ``method`` (see :func:`vif`; ``"loo"`` refits every unit).
+
+        Parameters
+        ----------
+        method : {"vif", "if", "newton", "loo"}, default="vif"
+
+        Returns
+        -------
+        ndarray of shape (n_units, n_params)
+            The cached array itself: not to be modified (:meth:`changes`
+            returns a copy).
         """
         check_choice(method, "method", METHODS)
         if method not in self._parameter_changes:
@@ -1457,8 +1493,18 @@ def get_influence(loss, params, n_samples, *, units=None, solver="auto", damping
 
     Parameters
     ----------
-    loss, params, n_samples, units, solver, damping, solver_options, derivatives, n_jobs, batched, verbose :
-        As in :func:`vif`.
+    loss : callable
+        As in :func:`vif`, like every parameter up to ``verbose``.
+    params : array-like of shape (n_params,)
+    n_samples : int
+    units : None or list of array-like of int, default=None
+    solver : {"auto", "direct", "cg", "minres", "lanczos"}, default="auto"
+    damping : float, default=0.0
+    solver_options : dict, default=None
+    derivatives : object, default=None
+    n_jobs : int, default=None
+    batched : bool, default=False
+    verbose : int, default=0
     param_names : sequence of str, default=None
         Names of the parameters, for :meth:`~InfluenceResults.summary_frame`.
     unit_labels : sequence, default=None
