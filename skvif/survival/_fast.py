@@ -63,6 +63,9 @@ class _SortedDesign:
 
     def __init__(self, X, rs):
         self.X, self.rs = X, rs
+        # column-major copy for X^T diag(v) X: single-threaded BLAS runs it about twice
+        # as fast as on X's rows, and multi-threaded BLAS on a busy machine ten times
+        self.columns = np.asfortranarray(X)
         ones = np.column_stack([np.ones(X.shape[0]), X])
         self.time = self._segments(ones, rs.time_order, rs.time_lo, rs.time_hi)
         self.entry = (self._segments(ones, rs.entry_order, rs.entry_lo, rs.entry_hi)
@@ -210,6 +213,7 @@ def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
         g = -sum_deaths w_i x_i + sum_s c_s m_s + alpha beta
         H = sum_i r_i (A_i - delta_i B_i) x_i x_i^T - sum_s c_s m_s m_s^T + alpha I.
     """
+    design = _SortedDesign(X, rs) if design is None else design
     st = _Statistics(X @ params, X, rs, weights, ties, design)
     g_lo, g_hi = _at_risk_intervals(rs)
     # per group: sum_s c_s f_s^k / a_s^j over its slots (m_s = (S1 - f_s D1) / a_s), so
@@ -225,7 +229,7 @@ def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     cross = (S1 * q1) @ D1.T
     H = alpha * np.eye(X.shape[1]) - (S1 * q0) @ S1.T + cross + cross.T - (D1 * q2) @ D1.T
     for start in range(0, X.shape[0], _ROWS):
-        block = X[start:start + _ROWS]
+        block = design.columns[start:start + _ROWS]
         H += block.T @ (block * v[start:start + _ROWS, None])
     death_weight = np.zeros(X.shape[0])
     death_weight[rs.deaths] = weights[rs.deaths]
