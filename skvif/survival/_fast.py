@@ -35,8 +35,12 @@ The gradient changes need right-censored data (no delayed entry): with entry
 times a row's slots do not start at its stratum's first event time.
 """
 
+import functools
+
 import numpy as np
+import scipy.sparse
 from scipy.special import digamma
+from threadpoolctl import ThreadpoolController
 
 from ._objective import segment_cumsum, stratum_max, survival_probabilities
 
@@ -53,40 +57,80 @@ _EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
 _CACHE_ELEMENTS = 2**25  # Hessian changes are computed for blocks of this many numbers
 
 
-class _SortedDesign:
-    """``[1, X]`` with its rows in the orders the risk-set sums run over (sorted once).
+_THREADPOOLS = []  # the ThreadpoolController, made on first use (it costs a millisecond)
 
-    Risk-set sums are then segment sums (``np.add.reduceat``) between
-    consecutive event times, accumulated over the groups of each stratum: no
-    running total over all rows and no subtraction across strata.
+
+def _single_threaded_blas(func):
+    """Run ``func`` with BLAS on one thread.
+
+    Its products are tall and thin (``n x p`` by ``n``-vectors or ``n x p``):
+    memory-bound, so one thread runs them about as fast as two on an idle
+    machine, while OpenBLAS's threads spin-waiting for a core on a busy one
+    made them 10 to 300 times slower (measured at ``n = 10^5 .. 10^6``,
+    ``p = 20``).
+    """
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        if not _THREADPOOLS:
+            _THREADPOOLS.append(ThreadpoolController())
+        with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
+            return func(*args, **kwargs)
+    return wrapper
+
+
+def _segment_sums(weights, indices, indptr, values):
+    """Per segment ``k``: ``sum_j weights[j] * values[indices[j]]`` over ``indptr[k]:indptr[k+1]``.
+
+    A sparse (segments x rows) matrix times ``values``: sums in the order the
+    segments list their rows, with no (rows, columns) temporary (new arrays
+    are slow to allocate at 10^6 rows).
+    """
+    segments = scipy.sparse.csr_matrix((weights, indices, indptr),
+                                       shape=(indptr.size - 1, values.shape[0]))
+    return segments @ values
+
+
+class _SortedDesign:
+    """``[1, X]`` with its rows sorted by stratum and decreasing time (one copy, made once).
+
+    Risk-set sums are then segment sums between consecutive event times,
+    accumulated over the groups of each stratum: no running total over all
+    rows and no subtraction across strata. Sums over the tied deaths and, with
+    delayed entry, over the rows entered by each time, pick their rows of the
+    same copy.
     """
 
     def __init__(self, X, rs):
         self.X, self.rs = X, rs
-        # column-major copy for X^T diag(v) X: single-threaded BLAS runs it about twice
-        # as fast as on X's rows, and multi-threaded BLAS on a busy machine ten times
-        self.columns = np.asfortranarray(X)
-        ones = np.column_stack([np.ones(X.shape[0]), X])
-        self.time = self._segments(ones, rs.time_order, rs.time_lo, rs.time_hi)
-        self.entry = (self._segments(ones, rs.entry_order, rs.entry_lo, rs.entry_hi)
+        order = rs.time_order
+        n, p = X.shape
+        self.sorted = np.empty((n, p + 1))
+        self.sorted[:, 0] = 1.0
+        for start in range(0, n, _ROWS):  # (no (n, p) temporary)
+            self.sorted[start:start + _ROWS, 1:] = X[order[start:start + _ROWS]]
+        self.position = np.empty(n, dtype=np.intp)  # of each row in the sorted copy
+        self.position[order] = np.arange(n)
+        self.time = self._segments(order, rs.time_lo, rs.time_hi)
+        self.entry = (self._segments(rs.entry_order, rs.entry_lo, rs.entry_hi)
                       if rs.has_entry else None)
-        self.deaths = ones[rs.deaths]
 
-    def _segments(self, ones, order, lo, hi):
+    def _segments(self, order, lo, hi):
         rs = self.rs
         starts = np.searchsorted(rs.row_stratum[order], np.arange(rs.n_strata))
         cuts = np.unique(np.concatenate([starts, hi]))
         cuts = cuts[cuts < rs.n_samples]
         restart = np.searchsorted(cuts, np.unique(starts[starts < rs.n_samples]))
         last = np.searchsorted(cuts, hi) - 1  # the segment that ends at hi
-        return ones[order], order, cuts, restart, np.where(hi > lo, last, -1)
+        first = cuts[0] if cuts.size else rs.n_samples
+        indptr = np.append(cuts, rs.n_samples) - first
+        return order[first:], self.position[order[first:]], indptr, restart, np.where(
+            hi > lo, last, -1)
 
-    @staticmethod
-    def _sums(part, r):
-        values, order, cuts, restart, last = part
-        if cuts.size == 0:
-            return np.zeros((last.size, values.shape[1]), dtype=r.dtype)
-        segment = np.add.reduceat(r[order, None] * values, cuts, axis=0)
+    def _sums(self, part, r):
+        rows, indices, indptr, restart, last = part
+        if indptr.size == 1:
+            return np.zeros((last.size, self.sorted.shape[1]), dtype=r.dtype)
+        segment = _segment_sums(r[rows], indices, indptr, self.sorted)
         cum = segment_cumsum(segment.T, restart).T
         return np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
 
@@ -99,10 +143,18 @@ class _SortedDesign:
 
     def death_sums(self, r):
         """``[sum r, sum r x]`` over each group's tied deaths, shape (n_groups, 1 + p)."""
-        if self.rs.deaths.size == 0:
-            return np.zeros((0, self.deaths.shape[1]), dtype=r.dtype)
-        return np.add.reduceat(r[self.rs.deaths, None] * self.deaths,
-                               self.rs.death_bounds[:-1], axis=0)
+        deaths = self.rs.deaths
+        return _segment_sums(r[deaths], self.position[deaths], self.rs.death_bounds,
+                             self.sorted)
+
+    def weighted_gram(self, v):
+        """``X^T diag(v) X`` in blocks of rows."""
+        v = v[self.rs.time_order]
+        out = np.zeros((self.X.shape[1],) * 2)
+        for start in range(0, v.size, _ROWS):
+            block = self.sorted[start:start + _ROWS, 1:]
+            out += block.T @ (block * v[start:start + _ROWS, None])
+        return out
 
 
 class _Statistics:
@@ -119,6 +171,7 @@ class _Statistics:
         self.rs, self.X, self.w, self.ties = rs, X, w, ties
         self.r = r = w * np.exp(eta - stratum_max(eta, rs)[rs.row_stratum])
         S, D = design.risk_sums(r).T, design.death_sums(r).T
+        self.design = design
         self.S0, self.S1, self.D0, self.D1 = S[0], S[1:], D[0], D[1:]
         self.W = rs.death_sums(w)
         self.n_present = rs.death_sums((w > 0).astype(float))
@@ -201,6 +254,7 @@ def _at_risk_intervals(rs):
 # --------------------------------------------------------------------------
 # gradient and Hessian of the whole objective
 # --------------------------------------------------------------------------
+@_single_threaded_blas
 def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     """Gradient ``(p,)`` and Hessian ``(p, p)`` of the negative log partial likelihood.
 
@@ -227,10 +281,8 @@ def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     v[rs.deaths] -= st.r[rs.deaths] * b1[rs.death_group]
     S1, D1 = st.S1, st.D1
     cross = (S1 * q1) @ D1.T
-    H = alpha * np.eye(X.shape[1]) - (S1 * q0) @ S1.T + cross + cross.T - (D1 * q2) @ D1.T
-    for start in range(0, X.shape[0], _ROWS):
-        block = design.columns[start:start + _ROWS]
-        H += block.T @ (block * v[start:start + _ROWS, None])
+    H = (alpha * np.eye(X.shape[1]) - (S1 * q0) @ S1.T + cross + cross.T - (D1 * q2) @ D1.T
+         + design.weighted_gram(v))
     death_weight = np.zeros(X.shape[0])
     death_weight[rs.deaths] = weights[rs.deaths]
     gradient = S1 @ b0 - D1 @ b1 - X.T @ death_weight + alpha * params
@@ -264,34 +316,44 @@ def _dominant_rows(st):
 
     Returns ``(dominant, rest0, rest1)``: ``rest0`` and ``rest1`` (p, n_groups)
     are the sums of ``r`` and ``r x`` over the risk set without ``dominant``,
-    accumulated without a subtraction (the running sum adds each row, except
-    that a new largest row displaces the previous one into the sum instead).
+    accumulated without a subtraction: along a stratum's groups from the
+    latest (smallest risk set) on, each group adds the rows its risk set adds
+    except its dominant row, and the previous dominant row when that changes.
     """
-    rs, r = st.rs, st.r
+    rs, design = st.rs, st.design
     order = rs.time_order
-    values = np.vstack([r[None], r * st.X.T])[:, order]
-    size = r.real[order]
-    starts = np.append(np.searchsorted(rs.row_stratum[order], np.arange(rs.n_strata)),
-                       rs.n_samples)
-    top = np.empty(rs.n_samples, dtype=np.intp)
-    rest = np.empty_like(values)
+    r_sorted = st.r[order]
+    size = r_sorted.real
+    starts = np.searchsorted(rs.row_stratum[order], np.arange(rs.n_strata + 1))
+    starts[-1] = rs.n_samples
+    top = np.empty(rs.n_samples, dtype=np.intp)  # sorted position of the running largest
     for lo, hi in zip(starts[:-1], starts[1:]):
-        if hi == lo:
-            continue
-        block = size[lo:hi]
-        before = np.concatenate([[-np.inf], np.maximum.accumulate(block)[:-1]])
-        new = block > before
-        position = np.arange(hi - lo)
-        top_here = np.maximum.accumulate(np.where(new, position, 0))
-        previous = np.concatenate([[-1], top_here[:-1]])
-        added = values[:, lo:hi].copy()
-        displaced = np.flatnonzero(new)
-        added[:, displaced] = np.where(previous[displaced] >= 0,
-                                       values[:, lo + np.maximum(previous[displaced], 0)], 0.0)
-        rest[:, lo:hi] = np.cumsum(added, axis=1)
-        top[lo:hi] = lo + top_here
-    last = rs.time_hi - 1  # each group's risk set is order[stratum start:time_hi]
-    return order[top[last]], rest[0, last], rest[1:, last]
+        if hi > lo:
+            block = size[lo:hi]
+            before = np.concatenate([[-np.inf], np.maximum.accumulate(block)[:-1]])
+            top[lo:hi] = lo + np.maximum.accumulate(
+                np.where(block > before, np.arange(hi - lo), 0))
+    # groups by stratum and growing risk set; each risk set is sorted[start:end]
+    end = rs.time_hi
+    by_size = np.lexsort((end, rs.group_stratum))
+    end, stratum = end[by_size], rs.group_stratum[by_size]
+    first = np.ones(end.size, dtype=bool)
+    first[1:] = stratum[1:] != stratum[:-1]
+    begin = np.where(first, starts[stratum], np.concatenate([[0], end[:-1]]))
+    top_g = top[end - 1]
+    indptr = np.concatenate([[0], np.cumsum(end - begin)])
+    indices = np.arange(indptr[-1]) + np.repeat(begin - indptr[:-1], end - begin)
+    weights = r_sorted[indices]
+    weights[indptr[:-1] + (top_g - begin)] = 0.0
+    added = _segment_sums(weights, indices, indptr, design.sorted)
+    previous = np.concatenate([[0], top_g[:-1]])
+    moved = np.flatnonzero(~first & (top_g != previous))
+    added[moved] += r_sorted[previous[moved], None] * design.sorted[previous[moved]]
+    rest = np.empty_like(added)
+    rest[by_size] = segment_cumsum(added.T, np.flatnonzero(first)).T
+    dominant = np.empty(end.size, dtype=np.intp)
+    dominant[by_size] = order[top_g]
+    return dominant, rest[:, 0], rest[:, 1:].T
 
 
 def _dominant_deaths(st):
@@ -536,6 +598,7 @@ def _gradient_changes(st):
     return out
 
 
+@_single_threaded_blas
 def gradient_changes(params, X, rs, case_weights, ties, design=None):
     """``g(params; all rows) - g(params; without row u)`` for every row, shape (n, p).
 
@@ -547,6 +610,7 @@ def gradient_changes(params, X, rs, case_weights, ties, design=None):
     return _gradient_changes(_Statistics(X @ params, X, rs, case_weights, ties, design))
 
 
+@_single_threaded_blas
 def hazard_changes(params, X, rs, case_weights, times, design=None):
     """Breslow baseline cumulative hazard with all rows minus without row ``u``, shape (n, k).
 
@@ -600,6 +664,7 @@ def hazard_changes(params, X, rs, case_weights, times, design=None):
     return out
 
 
+@_single_threaded_blas
 def hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None, step=1e-30):
     """``H(params; all rows) - H(params; without row u)`` for ``rows`` (default all), (k, p, p).
 
@@ -622,6 +687,7 @@ def hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None, s
 # --------------------------------------------------------------------------
 # weight derivatives (method="if": R's dfbeta)
 # --------------------------------------------------------------------------
+@_single_threaded_blas
 def weight_derivatives(params, X, rs, case_weights, ties, design=None):
     """Derivative of the gradient in each row's weight, shape (p, n): ``method="if"``.
 
