@@ -40,8 +40,8 @@ import functools
 import numpy as np
 import scipy.sparse
 from scipy.special import digamma
-from threadpoolctl import ThreadpoolController
 
+from .._base import single_threaded_blas
 from ._objective import segment_cumsum, stratum_max, survival_probabilities
 
 __all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_changes",
@@ -50,32 +50,11 @@ __all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_change
 _RATIO = 0.02       # series terms are used only where r / a <= _RATIO
 _TERMS = 10         # _RATIO ** _TERMS ~ 1e-17: the truncation is below rounding
 _BLOCK = 1e10       # risk-set sums within one normalization block differ by < this factor
-_PAIRS = 2**20      # exact (row, slot) pairs evaluated at once
-_ROWS = 2**16       # rows per chunk of the Hessian's matrix product
+_PAIRS = 2**16      # exact (row, slot) pairs evaluated at once
+_ROWS = 2**16       # rows per chunk (temporaries of (_ROWS, p))
 _DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot
 _EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
 _CACHE_ELEMENTS = 2**25  # Hessian changes are computed for blocks of this many numbers
-
-
-_THREADPOOLS = []  # the ThreadpoolController, made on first use (it costs a millisecond)
-
-
-def _single_threaded_blas(func):
-    """Run ``func`` with BLAS on one thread.
-
-    Its products are tall and thin (``n x p`` by ``n``-vectors or ``n x p``):
-    memory-bound, so one thread runs them about as fast as two on an idle
-    machine, while OpenBLAS's threads spin-waiting for a core on a busy one
-    made them 10 to 300 times slower (measured at ``n = 10^5 .. 10^6``,
-    ``p = 20``).
-    """
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        if not _THREADPOOLS:
-            _THREADPOOLS.append(ThreadpoolController())
-        with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
-            return func(*args, **kwargs)
-    return wrapper
 
 
 def _segment_sums(weights, indices, indptr, values):
@@ -254,7 +233,7 @@ def _at_risk_intervals(rs):
 # --------------------------------------------------------------------------
 # gradient and Hessian of the whole objective
 # --------------------------------------------------------------------------
-@_single_threaded_blas
+@single_threaded_blas
 def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     """Gradient ``(p,)`` and Hessian ``(p, p)`` of the negative log partial likelihood.
 
@@ -360,12 +339,12 @@ def _dominant_deaths(st):
     """Per group: the tied death with the largest risk score, and the other deaths' sums."""
     rs, r = st.rs, st.r
     first = rs.death_bounds[:-1]
-    by_size = np.lexsort((-r.real[rs.deaths], rs.death_group))
-    top = by_size[first]
-    values = np.vstack([r[None], r * st.X.T])[:, rs.deaths]
-    values[:, top] = 0.0
-    rest = np.add.reduceat(values, first, axis=1)
-    return rs.deaths[top], rest[0], rest[1:]
+    top = np.lexsort((-r.real[rs.deaths], rs.death_group))[first]
+    weights = r[rs.deaths]
+    weights[top] = 0.0
+    rest = _segment_sums(weights, st.design.position[rs.deaths], rs.death_bounds,
+                         st.design.sorted)
+    return rs.deaths[top], rest[:, 0], rest[:, 1:].T
 
 
 def _without_row(st, rows, groups, dominant, rest0, rest1):
@@ -377,34 +356,60 @@ def _without_row(st, rows, groups, dominant, rest0, rest1):
     return s0, s1
 
 
-def _own_group_change(st, dominant):
-    """For each dying row: its own term plus its tie group's term before minus after removal."""
-    rs, X, w = st.rs, st.X, st.w
-    out = np.zeros(X.shape, dtype=st.r.dtype)
-    present = w[rs.deaths] > 0
-    dead, gid = rs.deaths[present], rs.death_group[present]
-    if dead.size == 0:
+class _OwnGroupChange:
+    """For dying rows: the own term plus the tie group's term before minus after removal.
+
+    The per-group parts are formed once; calling the object evaluates the
+    dying rows of a chunk of rows (zeros for the others).
+    """
+
+    def __init__(self, st, dominant):
+        self.st, self.dominant = st, dominant
+        # sum_s c_s m_s over each group's slots, m_s = (S1 - f_s D1) / a_s
+        inv = st.c / st.a
+        self.before = (st.S1 * st.per_group(inv) - st.D1 * st.per_group(inv * st.frac)).T
+        self.deaths = (None if st.ties == "breslow" or st.rs.deaths.size == 0
+                       else _dominant_deaths(st))
+        self.group = np.full(st.rs.n_samples, -1, dtype=np.intp)  # own group of a death
+        present = st.w[st.rs.deaths] > 0
+        self.group[st.rs.deaths[present]] = st.rs.death_group[present]
+
+    def __call__(self, rows):
+        st, X, w = self.st, self.st.X, self.st.w
+        out = np.zeros((rows.size, X.shape[1]), dtype=st.r.dtype)
+        here = np.flatnonzero(self.group[rows] >= 0)
+        if here.size == 0:
+            return out
+        dead = rows[here]
+        gid = self.group[dead]
+        s0, s1 = _without_row(st, dead, gid, *self.dominant)
+        rest = st.W[gid] - w[dead]
+        if st.ties == "breslow":
+            safe = np.where(rest > 0, s0, 1.0)
+            after = np.where((rest > 0)[:, None], rest[:, None] * s1 / safe[:, None], 0.0)
+        else:
+            # sum_{k < d'} (s1 - f_k d1) / (s0 - f_k d0), f_k = k / d'
+            top_death, death_rest0, death_rest1 = self.deaths
+            is_top = top_death[gid] == dead
+            d0 = np.where(is_top, death_rest0[gid], st.D0[gid] - st.r[dead])
+            d1 = np.where(is_top[:, None], death_rest1[:, gid].T,
+                          st.D1[:, gid].T - st.r[dead, None] * X[dead])
+            d_new = st.n_present[gid] - 1
+            some = d_new > 0
+            inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), np.where(some, d0, 1.0),
+                                            d_new)
+            mean_weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
+            after = mean_weight[:, None] * (s1 * inv_sum[:, None] - d1 * frac_sum[:, None])
+        out[here] = -w[dead, None] * X[dead] + self.before[gid] - after
         return out
-    before = np.add.reduceat((st.c * st.m).T, st.bounds[:-1], axis=0)[gid]  # (n_dead, p)
-    s0, s1 = _without_row(st, dead, gid, *dominant)
-    rest = st.W[gid] - w[dead]
-    if st.ties == "breslow":
-        safe = np.where(rest > 0, s0, 1.0)
-        after = np.where((rest > 0)[:, None], rest[:, None] * s1 / safe[:, None], 0.0)
-    else:
-        # sum_{k < d'} (s1 - f_k d1) / (s0 - f_k d0), f_k = k / d'
-        top_death, death_rest0, death_rest1 = _dominant_deaths(st)
-        is_top = top_death[gid] == dead
-        d0 = np.where(is_top, death_rest0[gid], st.D0[gid] - st.r[dead])
-        d1 = np.where(is_top[:, None], death_rest1[:, gid].T,
-                      st.D1[:, gid].T - st.r[dead, None] * X[dead])
-        d_new = st.n_present[gid] - 1
-        some = d_new > 0
-        inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), np.where(some, d0, 1.0),
-                                        d_new)
-        mean_weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
-        after = mean_weight[:, None] * (s1 * inv_sum[:, None] - d1 * frac_sum[:, None])
-    out[dead] = -w[dead, None] * X[dead] + before - after
+
+
+@functools.lru_cache(maxsize=1024)
+def _efron_power_sums(size):
+    """``sum_{k < size} (k / size)^j`` for ``j = 0.._EFRON_TERMS`` (read-only)."""
+    f = np.arange(size) / size
+    out = np.add.reduce(f[None, :] ** np.arange(_EFRON_TERMS + 1)[:, None], axis=1)
+    out.flags.writeable = False
     return out
 
 
@@ -433,10 +438,8 @@ def _efron_sums(s0, d0, d):
     if series.size:
         # sum_j q^j P_j(d) with the power sums P_j(d) = sum_{k<d} (k/d)^j of each size
         sizes, which = np.unique(d[series], return_inverse=True)
-        f = np.concatenate([np.arange(size) / size for size in sizes])
-        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        power_sums = np.stack([np.add.reduceat(f ** j, first)
-                               for j in range(_EFRON_TERMS + 1)], axis=1)[np.ravel(which)]
+        power_sums = np.stack([_efron_power_sums(int(size)) for size in sizes])[
+            np.ravel(which)]
         q = ratio[near]
         inv, frac = np.zeros_like(q), np.zeros_like(q)
         for j in range(_EFRON_TERMS - 1, -1, -1):  # Horner
@@ -464,64 +467,76 @@ def _decreasing_sums(st):
     return np.maximum(out, np.finfo(float).tiny)
 
 
-def _series_sums(st, rows, g_end, group_envelope, values):
+class _SeriesSums:
     """``sum_s values_s r_u / (a_s - r_u)`` over the slots of each row's groups before ``g_end_u``.
 
-    ``values`` has shape (n_slots, q); the result (len(rows), q). Needs
-    ``r_u / a_s <= _RATIO`` on those slots: ``sum_j (r_u / a_s)^(j+1)
-    values_s``, per group ``sum_{s in g} values_s (a_ref / a_s)^(j+1)``,
-    accumulated over each stratum's groups, with ``a_ref`` the reference of
-    the group's normalization block (blocks a factor ``_BLOCK`` apart, carried
-    from block to block by ``(a_ref' / a_ref)^(j+1)``).
+    ``values_s = sum_k coefficients[k, s] group_values[k, g(s)]``: scalars per
+    slot (K, n_slots) times vectors per group (K, n_groups, q). Needs ``r_u / a_s <= _RATIO`` on those
+    slots: ``sum_j (r_u / a_s)^(j+1) values_s``, per group ``sum_{s in g}
+    values_s (a_ref / a_s)^(j+1)``, accumulated over each stratum's groups,
+    with ``a_ref`` the reference of the group's normalization block (blocks a
+    factor ``_BLOCK`` apart, carried from block to block by ``(a_ref' /
+    a_ref)^(j+1)``). The per-group sums of every term are formed once,
+    (_TERMS, n_groups, q); calling the object evaluates rows in chunks.
     """
-    rs = st.rs
-    result = np.zeros((rows.size, values.shape[1]), dtype=np.result_type(st.r, values))
-    group_start = np.searchsorted(rs.group_stratum, np.arange(rs.n_strata))
-    keep = np.flatnonzero(g_end > group_start[rs.row_stratum[rows]])
-    rows, last = rows[keep], g_end[keep] - 1
-    if rows.size == 0:
+
+    def __init__(self, st, group_envelope, coefficients, group_values):
+        rs = st.rs
+        self.st, self.group_envelope = st, group_envelope
+        self.group_start = np.searchsorted(rs.group_stratum, np.arange(rs.n_strata))
+        n_groups = group_envelope.size
+        top = group_envelope[self.group_start[rs.group_stratum]]
+        block = np.floor(np.log(top / group_envelope) / np.log(_BLOCK)).astype(np.intp)
+        self.log_ref = np.log(top) - (block + 1) * np.log(_BLOCK)
+        ratio = np.exp(self.log_ref[st.slot_group]) / st.a  # a_ref / a_s <= 1
+        new_segment = np.ones(n_groups, dtype=bool)
+        new_segment[1:] = ((block[1:] != block[:-1])
+                           | (rs.group_stratum[1:] != rs.group_stratum[:-1]))
+        seg_starts = np.flatnonzero(new_segment)
+        segment = np.cumsum(new_segment) - 1
+        rank = np.zeros(seg_starts.size, dtype=np.intp)  # of the segment in its stratum
+        for i in np.flatnonzero(~np.isin(seg_starts, self.group_start)):
+            rank[i] = rank[i - 1] + 1
+        gap = np.zeros(seg_starts.size)                  # blocks from the segment before
+        gap[1:] = block[seg_starts[1:]] - block[seg_starts[:-1]]
+        self.terms = np.zeros((_TERMS, n_groups, group_values.shape[2]),
+                              dtype=np.result_type(st.r, coefficients, group_values))
+        weight = np.ones(st.a.size, dtype=ratio.dtype)
+        for j in range(_TERMS):
+            weight = weight * ratio
+            per_group = np.einsum("kg,kgq->gq", st.per_group(coefficients * weight),
+                                  group_values)
+            cum = segment_cumsum(per_group.T, seg_starts).T                # (n_groups, q)
+            totals = cum[np.append(seg_starts[1:], n_groups) - 1]
+            carry = np.zeros_like(totals)
+            factor = _BLOCK ** (-(j + 1) * np.maximum(gap, 0))  # (gap < 0: new stratum)
+            for step in range(1, rank.max(initial=0) + 1):
+                now = np.flatnonzero(rank == step)
+                carry[now] = factor[now, None] * (carry[now - 1] + totals[now - 1])
+            self.terms[j] = carry[segment] + cum
+
+    def __call__(self, rows, g_end):
+        """The sums for ``rows``, their groups before ``g_end``: shape (len(rows), q)."""
+        st = self.st
+        result = np.zeros((rows.size, self.terms.shape[2]), dtype=self.terms.dtype)
+        keep = np.flatnonzero(g_end > self.group_start[st.rs.row_stratum[rows]])
+        rows, last = rows[keep], g_end[keep] - 1
+        u = st.r[rows] / np.exp(self.log_ref[last])                       # r_u / a_ref
+        # terms each row needs: (r_u / a_s)^J below rounding, r_u / a_s <= bound <= _RATIO
+        bound = st.r.real[rows] / self.group_envelope[last]
+        needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
+        by_need = np.argsort(-needed, kind="stable")
+        keep, last, u, needed = keep[by_need], last[by_need], u[by_need], needed[by_need]
+        power = np.ones(keep.size, dtype=u.dtype)
+        sums = np.zeros((keep.size, result.shape[1]), dtype=result.dtype)
+        for j in range(_TERMS):
+            k = np.count_nonzero(needed > j)   # the rows that still need terms come first
+            if k == 0:
+                break
+            power[:k] = power[:k] * u[:k]
+            sums[:k] += power[:k, None] * self.terms[j, last[:k]]
+        result[keep] = sums
         return result
-    n_groups = group_envelope.size
-    top = group_envelope[group_start[rs.group_stratum]]
-    block = np.floor(np.log(top / group_envelope) / np.log(_BLOCK)).astype(np.intp)
-    log_ref = np.log(top) - (block + 1) * np.log(_BLOCK)
-    ratio = np.exp(log_ref[st.slot_group]) / st.a   # a_ref / a_s <= 1 (envelope <= a_s)
-    new_segment = np.ones(n_groups, dtype=bool)
-    new_segment[1:] = (block[1:] != block[:-1]) | (rs.group_stratum[1:] != rs.group_stratum[:-1])
-    seg_starts = np.flatnonzero(new_segment)
-    segment = np.cumsum(new_segment) - 1
-    rank = np.zeros(seg_starts.size, dtype=np.intp)  # position of the segment in its stratum
-    for i in np.flatnonzero(~np.isin(seg_starts, group_start)):
-        rank[i] = rank[i - 1] + 1
-    gap = np.zeros(seg_starts.size)                  # blocks between a segment and the one before
-    gap[1:] = block[seg_starts[1:]] - block[seg_starts[:-1]]
-    u = st.r[rows] / np.exp(log_ref[last])                         # r_u / a_ref
-    # terms each row needs: (r_u / a_s)^J below rounding, r_u / a_s <= bound <= _RATIO
-    bound = st.r.real[rows] / group_envelope[last]
-    needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
-    by_need = np.argsort(-needed, kind="stable")
-    keep, last, u, needed = keep[by_need], last[by_need], u[by_need], needed[by_need]
-    seg_of_row = segment[last]
-    power = np.ones(keep.size, dtype=u.dtype)
-    sums = np.zeros((keep.size, values.shape[1]), dtype=result.dtype)
-    weight = np.ones(st.a.size, dtype=ratio.dtype)
-    for j in range(_TERMS):
-        k = np.count_nonzero(needed > j)   # the rows that still need terms come first
-        if k == 0:
-            break
-        weight = weight * ratio
-        power[:k] = power[:k] * u[:k]
-        per_group = np.add.reduceat(values * weight[:, None], st.bounds[:-1], axis=0)
-        cum = segment_cumsum(per_group.T, seg_starts).T                # (n_groups, q)
-        totals = cum[np.append(seg_starts[1:], n_groups) - 1]
-        carry = np.zeros_like(totals)
-        factor = _BLOCK ** (-(j + 1) * gap)
-        for step in range(1, rank.max() + 1):
-            now = np.flatnonzero(rank == step)
-            carry[now] = factor[now, None] * (carry[now - 1] + totals[now - 1])
-        sums[:k] += power[:k, None] * (carry[seg_of_row[:k]] + cum[last[:k]])
-    result[keep] = sums
-    return result
 
 
 def _exact_sums(st, rows, lo, hi, dominant, term, q):
@@ -578,27 +593,39 @@ def _series_cut(st, rows, g_lo, g_hi):
 def _gradient_changes(st):
     rs, w = st.rs, st.w
     dominant = _dominant_rows(st)
-    out = _own_group_change(st, dominant)
+    own_group = _OwnGroupChange(st, dominant)
     # each row's slots: its stratum's groups up to its time (strictly before it when it
-    # dies there: that group was handled above)
+    # dies there: that group is the own group's)
     g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
     hi = st.bounds[g_hi]
-    rows = np.flatnonzero(st.r.real > 0)
-    cut, group_envelope = _series_cut(st, rows, g_lo, g_hi)
-    values = np.column_stack([st.c, (st.m * st.c).T])            # (n_slots, 1 + p)
-    series = _series_sums(st, rows, cut, group_envelope, values)
-    out[rows] += st.X[rows] * series[:, :1] - series[:, 1:]
+    cut, group_envelope = _series_cut(st, np.arange(rs.n_samples), g_lo, g_hi)
+    # values_s = [c_s, c_s m_s] = c_s [1, 0] + c_s / a_s [0, S1_g] - c_s f_s / a_s [0, D1_g]
+    inv = st.c / st.a
+    group_values = np.zeros((3, st.S0.size, 1 + st.X.shape[1]), dtype=st.r.dtype)
+    group_values[0, :, 0] = 1.0
+    group_values[1, :, 1:], group_values[2, :, 1:] = st.S1.T, st.D1.T
+    series = _SeriesSums(st, group_envelope, np.stack([st.c, inv, -inv * st.frac]),
+                         group_values)
 
     def term(u, s, a_without, s1_without):  # c_s r_u (x_u - m_s^(-u)) / a_s
         return (st.c[s] * st.r[u] / st.a[s])[:, None] * (
             st.X[u] - s1_without / a_without[:, None])
 
-    out[rows] += _exact_sums(st, rows, st.bounds[cut], hi[rows], dominant, term,
-                             st.X.shape[1])
+    # rows in chunks: no (n, p) temporaries
+    out = np.empty(st.X.shape, dtype=st.r.dtype)
+    for start in range(0, rs.n_samples, _ROWS):
+        chunk = np.arange(start, min(start + _ROWS, rs.n_samples))
+        change = own_group(chunk)
+        at_risk = np.flatnonzero(st.r.real[chunk] > 0)
+        rows = chunk[at_risk]
+        sums = series(rows, cut[rows])
+        change[at_risk] += st.X[rows] * sums[:, :1] - sums[:, 1:] + _exact_sums(
+            st, rows, st.bounds[cut[rows]], hi[rows], dominant, term, st.X.shape[1])
+        out[chunk] = change
     return out
 
 
-@_single_threaded_blas
+@single_threaded_blas
 def gradient_changes(params, X, rs, case_weights, ties, design=None):
     """``g(params; all rows) - g(params; without row u)`` for every row, shape (n, p).
 
@@ -610,7 +637,7 @@ def gradient_changes(params, X, rs, case_weights, ties, design=None):
     return _gradient_changes(_Statistics(X @ params, X, rs, case_weights, ties, design))
 
 
-@_single_threaded_blas
+@single_threaded_blas
 def hazard_changes(params, X, rs, case_weights, times, design=None):
     """Breslow baseline cumulative hazard with all rows minus without row ``u``, shape (n, k).
 
@@ -651,11 +678,11 @@ def hazard_changes(params, X, rs, case_weights, times, design=None):
     def term(u, s, a_without, s1_without):  # W_s / a_s - W_s / a_s^(-u)
         return (hazard[s] * (1.0 - st.a[s] / a_without))[:, None]
 
+    series = _SeriesSums(st, group_envelope, hazard[None], np.ones((1, st.S0.size, 1)))
     for k in range(len(times)):
         end = upto[rs.row_stratum, k]
         series_end = np.minimum(cut, end[rows])
-        out[rows, k] -= _series_sums(st, rows, series_end, group_envelope,
-                                     hazard[:, None])[:, 0]
+        out[rows, k] -= series(rows, series_end)[:, 0]
         out[rows, k] += _exact_sums(st, rows, st.bounds[series_end],
                                     st.bounds[np.minimum(g_hi[rows], end[rows])],
                                     dominant, term, 1)[:, 0]
@@ -664,7 +691,7 @@ def hazard_changes(params, X, rs, case_weights, times, design=None):
     return out
 
 
-@_single_threaded_blas
+@single_threaded_blas
 def hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None, step=1e-30):
     """``H(params; all rows) - H(params; without row u)`` for ``rows`` (default all), (k, p, p).
 
@@ -687,7 +714,7 @@ def hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None, s
 # --------------------------------------------------------------------------
 # weight derivatives (method="if": R's dfbeta)
 # --------------------------------------------------------------------------
-@_single_threaded_blas
+@single_threaded_blas
 def weight_derivatives(params, X, rs, case_weights, ties, design=None):
     """Derivative of the gradient in each row's weight, shape (p, n): ``method="if"``.
 
