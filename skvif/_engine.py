@@ -90,6 +90,9 @@ class ModelDerivatives:
         For a target that depends on the weights (``target_uses_weights``):
         ``target(params, w^(-u)) - target(params, 1)`` at the fitted params,
         the part of ``"vif"`` and ``"newton"`` that does not move the params.
+    ``loss(P, W) -> (k,)``
+        The loss of ``k`` problems (params ``P (k, p)``, weights ``W (k,
+        n)``): the step-halving line search of :func:`minimize`.
     ``gradient_and_hessian(P, W) -> ((k, p), (k, p, p))``
         Gradients and Hessians of ``k`` problems with params ``P (k, p)``
         and weights ``W (k, n)`` (any weights, zeros deleting rows exactly as
@@ -215,7 +218,7 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
         iteration, i.e. one (converged: tiny) step before ``P``.
     derivatives : object, default=None
         The model's closed forms (:class:`ModelDerivatives`); its
-        ``gradient_and_hessian``, when provided, replaces autograd.
+        ``gradient_and_hessian`` and ``loss``, when provided, replace autograd.
 
     Returns
     -------
@@ -247,7 +250,8 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
         return _minimize_each_hessian_free(lossb, P, W, tol, max_iter, return_hessians)
     gradient_and_hessian = _provided(derivatives, "gradient_and_hessian") or partial(
         _batch_gradient_and_hessian, lossb)
-    f = np.asarray(lossb(P, W), dtype=float)
+    line_loss = _provided(derivatives, "loss") or lossb  # (the step halving's)
+    f = np.asarray(line_loss(P, W), dtype=float)
     n_iter = np.zeros(k, dtype=int)
     converged = np.zeros(k, dtype=bool)
     stopped = np.zeros(k, dtype=bool)
@@ -292,7 +296,7 @@ def minimize(lossb, P0, W, *, tol=1e-9, max_iter=100, damping=0.0, return_hessia
         for _ in range(50):
             todo = ~accepted
             trial = Pa[todo] + t[todo, None] * step[todo]
-            ft = np.asarray(lossb(trial, Wa[todo]), dtype=float)
+            ft = np.asarray(line_loss(trial, Wa[todo]), dtype=float)
             ok = np.isfinite(ft) & (ft <= fa[todo] + slack[todo])
             idx = np.flatnonzero(todo)
             accepted[idx[ok]] = True
@@ -807,8 +811,9 @@ class InfluenceResults:
         if method not in self._right_hand_sides:
             grad_change = _provided(self.derivatives, "gradient_changes")
             ones = np.ones(self.n_samples)
-            if method == "vif" and grad_change is not None:
-                R = self._map(grad_change, "gradients", size=self._local_size)
+            if method == "vif" and grad_change is not None:  # chunks of (k, p)
+                R = self._map(grad_change, "gradients",
+                              size=max(1, _CHUNK_ELEMENTS // self.n_params))
             elif method == "vif":
                 R = self._map(partial(_gradient_change_chunk, lossb=self._lossb,
                                       theta=self.params, n=self.n_samples,
@@ -827,6 +832,8 @@ class InfluenceResults:
     def _solve_rows(self, R, solver):
         """``(H + damping I)^-1 R[u]`` for each row, NaN rows left NaN."""
         bad = np.isnan(R[:, 0]) if R.size else np.zeros(len(R), dtype=bool)
+        if not bad.any():  # (no copy of R)
+            return solver.solve(R.T).T
         out = solver.solve(np.where(bad[:, None], 0.0, R).T).T
         out[bad] = np.nan
         return out

@@ -9,6 +9,7 @@ from hypothesis import Phase, given, settings, strategies as st
 
 from skvif import _engine
 from skvif.survival import CoxPHInfluence
+from skvif.survival._fast import negative_log_partial_likelihood as closed_form_loss
 from skvif.survival._fast import (gradient_and_hessian, gradient_changes, hessian_changes,
                                   weight_derivatives)
 
@@ -106,6 +107,10 @@ def test_closed_forms_match_autograd(seed, ties_level, big_group, eta_max, n_str
     scale_g = np.abs(g_ref).max(axis=0) + 1e-300           # per column: units differ by 1e12
     scale_H = np.abs(H_ref).max(axis=0) + 1e-300
     assert np.abs((gradient_changes(*args) - g_ref) / scale_g).max() < 1e-8
+    for weights in (ones, keep):  # (keep: the last row deleted)
+        value = loss(beta, weights)
+        assert abs(closed_form_loss(beta, m._X, m._risk_sets, m._case_weights * weights,
+                                    ties) - value) <= 1e-12 * (1 + abs(value))
     assert np.abs((hessian_changes(*args) - H_ref) / scale_H).max() < 1e-7
     loss_if = m._loss(smooth=True)
     D_ref = jacobian(lambda v: grad(loss_if)(beta, v))(ones)

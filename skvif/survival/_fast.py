@@ -36,6 +36,7 @@ times a row's slots do not start at its stratum's first event time.
 """
 
 import functools
+import weakref
 
 import numpy as np
 import scipy.sparse
@@ -45,7 +46,7 @@ from .._base import single_threaded_blas
 from ._objective import segment_cumsum, stratum_max, survival_probabilities
 
 __all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_changes",
-           "weight_derivatives", "gradient_and_hessian"]
+           "weight_derivatives", "gradient_and_hessian", "negative_log_partial_likelihood"]
 
 _RATIO = 0.02       # series terms are used only where r / a <= _RATIO
 _TERMS = 10         # _RATIO ** _TERMS ~ 1e-17: the truncation is below rounding
@@ -134,6 +135,17 @@ class _SortedDesign:
             block = self.sorted[start:start + _ROWS, 1:]
             out += block.T @ (block * v[start:start + _ROWS, None])
         return out
+
+
+_DESIGNS = weakref.WeakKeyDictionary()  # RiskSets -> its _SortedDesign
+
+
+def _sorted_design(X, rs):
+    """The :class:`_SortedDesign` of ``(X, rs)``, kept while ``rs`` lives (a fit's)."""
+    design = _DESIGNS.get(rs)
+    if design is None or design.X is not X:
+        design = _DESIGNS[rs] = _SortedDesign(X, rs)
+    return design
 
 
 class _Statistics:
@@ -268,6 +280,22 @@ def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     return gradient, 0.5 * (H + H.T)
 
 
+@single_threaded_blas
+def negative_log_partial_likelihood(params, X, rs, weights, ties, alpha=0.0, design=None):
+    """:func:`~._objective.negative_log_partial_likelihood` from the sorted sums (no autograd).
+
+    ``sum_s c_s log a_s - sum_deaths w_i (eta_i - shift) + alpha / 2 ||params||^2``
+    with the slots' weights ``c_s`` and shifted denominators ``a_s``.
+    """
+    eta = X @ params
+    st = _Statistics(eta, X, rs, weights, ties, design)
+    shift = stratum_max(eta, rs)[rs.row_stratum[rs.deaths]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_terms = np.sum(np.where(st.c != 0, st.c * np.log(st.a), 0.0))
+    fitted = np.sum(weights[rs.deaths] * (eta[rs.deaths] - shift))
+    return log_terms - fitted + 0.5 * alpha * np.dot(params, params)
+
+
 class CoxCurvature:
     """Closed-form gradients and Hessians of the Cox objective for :func:`skvif._engine.minimize`.
 
@@ -278,7 +306,13 @@ class CoxCurvature:
 
     def __init__(self, X, rs, case_weights, ties, alpha):
         self._args = X, rs, case_weights, ties, alpha
-        self._design = _SortedDesign(X, rs)
+        self._design = _sorted_design(X, rs)
+
+    def loss(self, P, W):
+        X, rs, case_weights, ties, alpha = self._args
+        return np.array([negative_log_partial_likelihood(
+            P[i], X, rs, case_weights * W[i], ties, alpha, self._design)
+            for i in range(P.shape[0])])
 
     def gradient_and_hessian(self, P, W):
         X, rs, case_weights, ties, alpha = self._args
@@ -801,7 +835,10 @@ class CoxDerivatives(CoxCurvature):
     def gradient_changes(self, units):
         if "gradient" not in self._cache:
             self._cache["gradient"] = gradient_changes(*self._at, design=self._design)
-        return self._cache["gradient"][np.concatenate(units)]
+        rows = np.concatenate(units)
+        if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
+            return self._cache["gradient"][rows[0]:rows[-1] + 1]  # (consecutive rows)
+        return self._cache["gradient"][rows]
 
     def hessian_changes(self, units):
         # rows are computed in blocks of at most _CACHE_ELEMENTS numbers, the block of
