@@ -1,6 +1,5 @@
 """Glue shared by the estimators: influence bookkeeping and DataFrame output."""
 
-import functools
 import hashlib
 import weakref
 from numbers import Integral
@@ -8,35 +7,9 @@ from numbers import Integral
 import numpy as np
 import pandas as pd
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
-from threadpoolctl import ThreadpoolController
 
+from ._blas import single_threaded_blas
 from ._engine import METHODS, SOLVERS, check_choice, check_nonnegative
-
-_THREADPOOLS = []  # the ThreadpoolController, made on first use (it costs 0.1 s)
-_SINGLE_THREAD_MIN_ROWS = 2**12
-
-
-def single_threaded_blas(func):
-    """Run ``func`` with BLAS on one thread when its first 2-D array has many rows.
-
-    Its products are tall and thin (``n x p`` by ``n``-vectors or ``n x p``):
-    memory-bound, so one thread runs them about as fast as two on an idle
-    machine, while OpenBLAS's threads spin-waiting for a core on a busy one
-    made them 10 to 300 times slower (measured at ``n = 10^5 .. 10^6``,
-    ``p = 20``). Below ``_SINGLE_THREAD_MIN_ROWS`` rows that costs less than
-    finding the BLAS libraries does.
-    """
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        rows = next((a.shape[0] for a in args if isinstance(a, np.ndarray) and a.ndim == 2), 0)
-        if rows < _SINGLE_THREAD_MIN_ROWS:
-            return func(*args, **kwargs)
-        if not _THREADPOOLS:
-            _THREADPOOLS.append(ThreadpoolController())
-        with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
-            return func(*args, **kwargs)
-    return wrapper
-
 
 def row_labels(X):
     """Index of a DataFrame, else ``0..n-1``."""

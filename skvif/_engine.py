@@ -27,6 +27,7 @@ from scipy.optimize import minimize as scipy_minimize
 from scipy.sparse.linalg import LinearOperator, cg, eigsh, minres
 from sklearn.exceptions import ConvergenceWarning
 
+from ._blas import single_threaded_blas
 from ._progress import progress_bar
 
 __all__ = ["vif", "get_influence", "InfluenceResults", "ModelDerivatives", "METHODS", "SOLVERS"]
@@ -546,6 +547,7 @@ class HessianSolver:
         if self.check_indefinite:
             _warn_indefinite(lam_scaled, stacklevel=3)
 
+    @single_threaded_blas
     def solve(self, B):
         """Return ``(H + damping I)^{-1} B`` for ``B`` of shape (p,) or (p, r)."""
         B = np.asarray(B, dtype=float)

@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse
 from scipy.special import digamma
 
-from .._base import single_threaded_blas
+from .._blas import single_threaded_blas
 from ._objective import segment_cumsum, stratum_max, survival_probabilities
 
 __all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_changes",
