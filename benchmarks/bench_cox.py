@@ -203,6 +203,7 @@ cat(sprintf('{"fit": %.4f, "total": %.4f}\\n', t1 - t0, t2 - t0))
 """
 
 NEWTON_MAX_ROWS = 100_000  # method="newton" is p gradient-change passes (see the note)
+DELTA_BETA_MAX_ROWS = 100_000  # lifelines' delta_beta grows as n^2 (~4 min at 1e5)
 
 
 def _worker(tool, n, p):
@@ -283,6 +284,8 @@ def scale(*args):
         for tool in tools:
             if tool == "skvif-newton" and n > NEWTON_MAX_ROWS:
                 res[tool] = {"error": f"not run above n = {NEWTON_MAX_ROWS:,}"}
+            elif tool == "lifelines-delta_beta" and n > DELTA_BETA_MAX_ROWS:
+                res[tool] = {"error": f"not run above n = {DELTA_BETA_MAX_ROWS:,} (quadratic)"}
             else:
                 res[tool] = _run_tool(tool, n, p, timeout=1800)
             r = res[tool]

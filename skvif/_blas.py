@@ -5,7 +5,7 @@ import functools
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-_THREADPOOLS = []  # the ThreadpoolController, made on first use (it costs 0.1 s)
+_THREADPOOLS = []  # the ThreadpoolController, made on first use (0.05 to 0.1 s here)
 _SINGLE_THREAD_MIN_ROWS = 2**12
 
 

@@ -1051,6 +1051,13 @@ class InfluenceResults:
         return pd.DataFrame(columns, index=index)
 
 
+def unit_rows(units):
+    """The rows of a chunk of units, concatenated (for single rows, without a Python loop)."""
+    if isinstance(units, np.ndarray):  # (n_units, 1): one row each
+        return units.ravel()
+    return np.concatenate(units)
+
+
 def _take(units, positions):
     """The units at ``positions`` (same kind as ``units``)."""
     if isinstance(units, np.ndarray):

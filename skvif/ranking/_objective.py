@@ -15,6 +15,8 @@ import numpy as np
 from autograd import grad
 from autograd.tracer import getval
 
+from .._engine import unit_rows
+
 __all__ = ["LOSSES", "Lists", "list_losses", "objective", "query_weighted_objective",
            "query_losses", "test_losses", "LocalChanges"]
 
@@ -221,7 +223,7 @@ class LocalChanges:
         first = np.array([idx[0] for idx in units])
         q = lists.row_query[first]
         sizes = np.array([len(idx) for idx in units])
-        rows = np.concatenate(units)
+        rows = unit_rows(units)
         owner = np.repeat(np.arange(len(units)), sizes)
         if np.any(lists.row_query[rows] != q[owner]):
             raise ValueError("LocalChanges needs every unit inside a single query.")

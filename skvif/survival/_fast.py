@@ -43,6 +43,7 @@ import scipy.sparse
 from scipy.special import digamma
 
 from .._blas import single_threaded_blas
+from .._engine import unit_rows
 from ._objective import segment_cumsum, stratum_max, survival_probabilities
 
 __all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_changes",
@@ -442,7 +443,11 @@ class _OwnGroupChange:
 def _efron_power_sums(size):
     """``sum_{k < size} (k / size)^j`` for ``j = 0.._EFRON_TERMS`` (read-only)."""
     f = np.arange(size) / size
-    out = np.add.reduce(f[None, :] ** np.arange(_EFRON_TERMS + 1)[:, None], axis=1)
+    power = np.ones(size)
+    out = np.empty(_EFRON_TERMS + 1)
+    for j in range(_EFRON_TERMS + 1):
+        out[j] = power.sum()
+        power *= f
     out.flags.writeable = False
     return out
 
@@ -815,7 +820,7 @@ class CoxDerivatives(CoxCurvature):
         """Change of the predicted survival (``survival=(X_new, strata_new, times)``)."""
         X_new, strata_new, times = self._survival
         params, X, rs, case_weights, _ = self._at
-        rows = np.concatenate(units)
+        rows = unit_rows(units)
         dH = hazard_changes(params, X, rs, case_weights, times, self._design)[rows]
         eta = X @ params
         shift = stratum_max(eta, rs)                        # hazard_changes' units
@@ -835,7 +840,7 @@ class CoxDerivatives(CoxCurvature):
     def gradient_changes(self, units):
         if "gradient" not in self._cache:
             self._cache["gradient"] = gradient_changes(*self._at, design=self._design)
-        rows = np.concatenate(units)
+        rows = unit_rows(units)
         if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
             return self._cache["gradient"][rows[0]:rows[-1] + 1]  # (consecutive rows)
         return self._cache["gradient"][rows]
@@ -843,7 +848,7 @@ class CoxDerivatives(CoxCurvature):
     def hessian_changes(self, units):
         # rows are computed in blocks of at most _CACHE_ELEMENTS numbers, the block of
         # the last chunk kept (the engine asks for consecutive chunks of rows)
-        rows = np.concatenate(units)
+        rows = unit_rows(units)
         params, X = self._at[:2]
         size = max(1, _CACHE_ELEMENTS // params.size ** 2)
         block = np.unique(rows // size)

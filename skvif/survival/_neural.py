@@ -28,7 +28,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 
 from .._base import FittedInputMixin, check_labels, row_labels, units_from_groups, validate_X
 from .._engine import (HessianSolver, _jacobian, check_choice, check_nonnegative, check_units,
-                       influence, minimize_hessian_free)
+                       influence, minimize_hessian_free, unit_rows)
 from .._robustness import check_refine, refine_rows, with_exactness
 from ._coxph import (CoxPHInfluence, SurvivalModelMixin, _optional_rows,
                      check_survival_y)
@@ -453,7 +453,7 @@ class NeuralCoxPHInfluence(SurvivalModelMixin, FittedInputMixin, BaseEstimator):
             quantity = partial(_test_predict, risk_function=self.risk_function, X=X_new)
         if method in ("vif", "if") and groups is None and self._entry is None:
             result = self._target_first(quantity, method, solver, damping, rtol,
-                                        maxiter)[np.concatenate(units)]
+                                        maxiter)[unit_rows(units)]
         elif method == "loo":
             result = self._refits(quantity, units)
         else:  # the generic engine (delayed entry, groups, "newton")
