@@ -203,7 +203,9 @@ cat(sprintf('{"fit": %.4f, "total": %.4f}\\n', t1 - t0, t2 - t0))
 """
 
 NEWTON_MAX_ROWS = 100_000  # method="newton" is p gradient-change passes (see the note)
-DELTA_BETA_MAX_ROWS = 100_000  # lifelines' delta_beta grows as n^2 (~4 min at 1e5)
+# lifelines' delta_beta and R's residuals(fit, "dfbeta") grow as n^2 (435 s and 126 s at
+# n = 1e5, p = 20: hours at 1e6)
+DFBETA_MAX_ROWS = 100_000
 
 
 def _worker(tool, n, p):
@@ -284,8 +286,8 @@ def scale(*args):
         for tool in tools:
             if tool == "skvif-newton" and n > NEWTON_MAX_ROWS:
                 res[tool] = {"error": f"not run above n = {NEWTON_MAX_ROWS:,}"}
-            elif tool == "lifelines-delta_beta" and n > DELTA_BETA_MAX_ROWS:
-                res[tool] = {"error": f"not run above n = {DELTA_BETA_MAX_ROWS:,} (quadratic)"}
+            elif tool in ("lifelines-delta_beta", "R-dfbeta") and n > DFBETA_MAX_ROWS:
+                res[tool] = {"error": f"not run above n = {DFBETA_MAX_ROWS:,} (quadratic)"}
             else:
                 res[tool] = _run_tool(tool, n, p, timeout=1800)
             r = res[tool]
