@@ -272,18 +272,20 @@ class CoxHessianChanges:
         if keep.size == 0:
             return out
         last = g_end[keep] - 1
-        u = st.r[rows[keep]] / np.exp(self.log_ref[last])
         bound = st.r[rows[keep]] / self.envelope[last]
         needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
+        by_need = np.argsort(-needed, kind="stable")   # rows needing more terms first
+        keep, last, needed = keep[by_need], last[by_need], needed[by_need]
+        u = st.r[rows[keep]] / np.exp(self.log_ref[last])
         sums = np.zeros((keep.size, q + p + 1), dtype=out.dtype)
         power = np.ones(keep.size)
         for j in range(1, _TERMS + 1):
-            active = np.flatnonzero(needed >= j)
-            if active.size == 0:
+            k = np.count_nonzero(needed >= j)
+            if k == 0:
                 break
-            power[active] *= u[active]
+            power[:k] *= u[:k]
             table = self._tables[j - 1] if self._tables is not None else self._table(j)
-            sums[active] += power[active, None] * table[last[active]]
+            sums[:k] += power[:k, None] * table[last[:k]]
         x = st.X[rows[keep]]
         v = sums[:, q:q + p]
         # sca x x^T - x v^T - v x^T (symmetrized with the other terms in rows())
