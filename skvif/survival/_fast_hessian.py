@@ -166,9 +166,10 @@ class CoxHessianChanges:
         self.p = p
         self.pp = p * p
         # per group: risk-set and death sums of r x x^T (flattened)
-        values, order, cuts, restart, last = design.time
-        if cuts.size:
-            cum = segment_cumsum(_grouped_moments(X, st.r, order, cuts).T, restart).T
+        sorted_rows, _, indptr, restart, last = design.time
+        if indptr.size > 1:
+            moments = _grouped_moments(X, st.r, sorted_rows, indptr[:-1])
+            cum = segment_cumsum(moments.T, restart).T
             self.S2 = np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
         else:
             self.S2 = np.zeros((last.size, p * p))
