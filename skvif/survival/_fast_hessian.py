@@ -44,6 +44,7 @@ _DOMINANT = 0.5      # rows with r_u > _DOMINANT * a_s on one of their slots: di
 _DIRECT_ROWS = 16    # up to this many of them by full Hessians, more by the complex step
 _TABLE_ELEMENTS = 2**26  # series prefix tables of all terms kept when at most this many numbers
 _MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
+_GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
 
 
 def _outer(a, b):
@@ -60,6 +61,13 @@ def _grouped_moments(X, r, rows, starts):
     n_seg = starts.size
     out = np.zeros((n_seg, X.shape[1] ** 2), dtype=r.dtype)
     if n_seg == 0 or rows.size == 0:
+        return out
+    if rows.size >= _GEMM_SEGMENT * n_seg:
+        # long segments (tied times): one matrix product X_k^T diag(r) X_k per segment
+        ends = np.append(starts[1:], rows.size)
+        for k, (lo, hi) in enumerate(zip(starts, ends)):
+            x = X[rows[lo:hi]]
+            out[k] = (x.T @ (r[rows[lo:hi], None] * x)).ravel()
         return out
     for lo in range(0, rows.size, _MOMENT_ROWS):
         hi = min(lo + _MOMENT_ROWS, rows.size)
