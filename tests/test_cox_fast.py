@@ -176,7 +176,7 @@ def test_closed_form_hessian_changes_match_complex_step(direct_rows, monkeypatch
     # larger adversarial problems against the complex-step reference, all code paths:
     # rows dominating a slot by full Hessians (few) or by the complex step (many), the
     # series tables kept or rebuilt per block of rows, blocks of rows of any size, both
-    # ways of summing second moments
+    # ways of summing second moments and of summing the series
     for seed, (ties_level, big_group, eta_max, n_strata) in enumerate(
             [(0, 0, 50.0, 1), (20, 80, 20.0, 3), (2, 80, 50.0, 2), (0, 0, 1.0, 1)]):
         X, y, w, strata, units, rng = _adversarial(seed, 400, ties_level, big_group, eta_max,
@@ -192,6 +192,8 @@ def test_closed_form_hessian_changes_match_complex_step(direct_rows, monkeypatch
             monkeypatch.setattr(_fast_hessian, "_DIRECT_ROWS", direct_rows)
             # second-moment sums by one matrix product per segment, or by outer products
             monkeypatch.setattr(_fast_hessian, "_GEMM_SEGMENT", 1 if direct_rows else 10**9)
+            # series by one product per group, or term by term
+            monkeypatch.setattr(_fast_hessian, "_SHARED_GROUP", 0 if direct_rows else 10**9)
             changes = _fast_hessian.CoxHessianChanges(*args)
             monkeypatch.setattr(_fast_hessian, "_TABLE_ELEMENTS", 0)
             rebuilt = _fast_hessian.CoxHessianChanges(*args)

@@ -44,6 +44,7 @@ _DOMINANT = 0.5      # rows with r_u > _DOMINANT * a_s on one of their slots: di
 _DIRECT_ROWS = 16    # up to this many of them by full Hessians, more by the complex step
 _TABLE_ELEMENTS = 2**26  # series prefix tables of all terms kept when at most this many numbers
 _MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
+_SHARED_GROUP = 8        # rows of a block per group from which the series is one product per group
 _GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
 
 
@@ -225,7 +226,7 @@ class CoxHessianChanges:
         n_groups = self.envelope.size
         self.n_groups = n_groups
         if n_groups == 0:
-            self._tables = []
+            self._stack = None
             return
         group_start = np.searchsorted(rs.group_stratum, np.arange(rs.n_strata))
         self.group_start = group_start
@@ -245,8 +246,9 @@ class CoxHessianChanges:
         self.gap = np.zeros(seg_starts.size)
         self.gap[1:] = block[seg_starts[1:]] - block[seg_starts[:-1]]
         size = _TERMS * n_groups * (self.pp + self.p + 1)
-        self._tables = [self._table(j) for j in range(1, _TERMS + 1)] \
-            if size <= _TABLE_ELEMENTS else None
+        # every term's table, (n_groups, terms, values), or None: rebuilt per block of rows
+        self._stack = (np.stack([self._table(j) for j in range(1, _TERMS + 1)], axis=1)
+                       if size <= _TABLE_ELEMENTS else None)
 
     def _table(self, j):
         """Prefix sums (with the carried blocks) of term ``j``: (n_groups, p^2 + p + 1)."""
@@ -288,13 +290,27 @@ class CoxHessianChanges:
         u = st.r[rows[keep]] / np.exp(self.log_ref[last])
         sums = np.zeros((keep.size, q + p + 1), dtype=out.dtype)
         power = np.ones(keep.size)
-        for j in range(1, _TERMS + 1):
+        groups, first = np.unique(last, return_index=True)
+        if self._stack is not None and groups.size * _SHARED_GROUP <= keep.size:
+            # many rows per group: (rows of a group x terms) @ (terms x values), one product
+            # per group; powers u^j where the row needs term j, 0 beyond
+            terms = np.arange(1, _TERMS + 1)
+            powers = np.where(terms <= needed[:, None],
+                              u[:, None] ** terms, 0.0)                     # (k, J)
+            by_group = np.argsort(last, kind="stable")
+            bounds = np.append(np.searchsorted(last[by_group], groups), keep.size)
+            for i, g in enumerate(groups):
+                here = by_group[bounds[i]:bounds[i + 1]]
+                sums[here] = powers[here] @ self._stack[g]
+            groups = ()   # done
+        for j in range(1, _TERMS + 1 if len(groups) else 1):
             k = np.count_nonzero(needed >= j)
             if k == 0:
                 break
             power[:k] *= u[:k]
-            table = self._tables[j - 1] if self._tables is not None else self._table(j)
-            sums[:k] += power[:k, None] * table[last[:k]]
+            table = (self._stack[last[:k], j - 1] if self._stack is not None
+                     else self._table(j)[last[:k]])
+            sums[:k] += power[:k, None] * table
         x = st.X[rows[keep]]
         v = sums[:, q:q + p]
         # sca x x^T - x v^T - v x^T (symmetrized with the other terms in rows())
