@@ -44,7 +44,7 @@ _DOMINANT = 0.5      # rows with r_u > _DOMINANT * a_s on one of their slots: di
 _DIRECT_ROWS = 16    # up to this many of them by full Hessians, more by the complex step
 _TABLE_ELEMENTS = 2**26  # series prefix tables of all terms kept when at most this many numbers
 _MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
-_SHARED_GROUP = 8        # rows of a block per group from which the series is one product per group
+_SHARED_GROUP = 4        # rows of a block per group from which the series is one product per group
 _GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
 
 
@@ -298,10 +298,13 @@ class CoxHessianChanges:
             powers = np.where(terms <= needed[:, None],
                               u[:, None] ** terms, 0.0)                     # (k, J)
             by_group = np.argsort(last, kind="stable")
+            powers = powers[by_group]
             bounds = np.append(np.searchsorted(last[by_group], groups), keep.size)
+            grouped = np.empty_like(sums)
             for i, g in enumerate(groups):
-                here = by_group[bounds[i]:bounds[i + 1]]
-                sums[here] = powers[here] @ self._stack[g]
+                lo, hi = bounds[i], bounds[i + 1]
+                np.matmul(powers[lo:hi], self._stack[g], out=grouped[lo:hi])
+            sums[by_group] = grouped
             groups = ()   # done
         for j in range(1, _TERMS + 1 if len(groups) else 1):
             k = np.count_nonzero(needed >= j)
