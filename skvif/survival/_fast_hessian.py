@@ -210,7 +210,10 @@ class CoxHessianChanges:
         return st.per_group(st.c * weight * st.frac ** k / st.a ** l)
 
     def _group_terms(self, weight, j):
-        """Per group ``sum_s c_s weight_s [-C_s/a_s + (j+1) m_s m_s^T]`` (packed), j=0: -V sum."""
+        """Per group ``sum_s c_s weight_s [-C_s/a_s + (j+1) m_s m_s^T]`` (flattened).
+
+        For ``j = 0`` (and weight 1) the group's Hessian term ``sum_s c_s V_s`` instead.
+        """
         s01, s11 = self._sigma(weight, 0, 1), self._sigma(weight, 1, 1)
         s02, s12, s22 = (self._sigma(weight, k, 2) for k in range(3))
         mat = (-self.S2 * s01[:, None] + self.D2 * s11[:, None]
