@@ -298,3 +298,27 @@ def test_newton_steps_unchanged_by_closed_form_hessian_changes(ties, monkeypatch
         ref = m.influence_(method="newton", as_frame=False)
     assert np.isfinite(ref).all()
     assert np.abs((fast - ref) / np.abs(ref).max(axis=0)).max() < 1e-8
+
+
+def test_local_newton_solve_fast_path_matches_eigendecomposition():
+    # the engine's LU solves (Weyl's bound: the unit's Hessian is well away from singular)
+    # give _solve_each's steps; units near or at singular still go through it and are flagged
+    rng = np.random.default_rng(11)
+    p, k = 5, 40
+    A = rng.normal(size=(p, p))
+    units = 10.0 ** rng.uniform(-3, 3, size=p)
+    H_full = (A @ A.T + p * np.eye(p)) * np.outer(units, units)
+    dH = 1e-3 * rng.normal(size=(k, p, p)) * np.outer(units, units)
+    dH = dH + np.swapaxes(dH, 1, 2)
+    dH[:5] = H_full                       # removing the unit leaves no curvature: singular
+    dH[5:10] = 0.9 * H_full               # not covered by the bound: eigendecomposition
+    g_full = rng.normal(size=p) * units
+    dg = rng.normal(size=(k, p)) * units
+    scale = _engine._hessian_scale(H_full)
+    out = _engine._local_newton_chunk(list(range(k)), g_full=g_full, H_full=H_full,
+                                      grad_change=lambda c: dg, hess_change=lambda c: dH,
+                                      scale=scale)
+    step, singular = _engine._solve_each(H_full - dH, g_full - dg, scale)
+    np.testing.assert_array_equal(out[:, -1].astype(bool), singular)
+    assert singular[:5].all() and not singular[5:].any()
+    np.testing.assert_allclose(out[:, :-1], -step, rtol=1e-10, atol=0)
