@@ -1140,9 +1140,28 @@ def _gradient_change_chunk(chunk, *, lossb, theta, n, g_full):
 
 
 def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scale):
-    """Newton steps from the model's closed-form gradient and Hessian changes."""
-    step, singular = _solve_each(H_full - hess_change(chunk), g_full - grad_change(chunk),
-                                 scale)
+    """Newton steps from the model's closed-form gradient and Hessian changes.
+
+    A unit whose scaled Hessian change is provably too small to bring an
+    eigenvalue of the (scaled, positive definite) full-data Hessian near zero
+    (Weyl: ``lambda_min - ||dH||_F > _SINGULAR_RCOND (lambda_max + ||dH||_F)``)
+    is solved by one LU solve; the others by :func:`_solve_each`'s
+    eigendecomposition (the same steps to rounding, 10-20x slower).
+    """
+    dH = hess_change(chunk)
+    H, g = H_full - dH, g_full - grad_change(chunk)
+    d = np.broadcast_to(scale, (H_full.shape[0],))
+    outer = d[:, None] * d[None, :]
+    lam = np.linalg.eigvalsh(H_full / outer)
+    spread = np.sqrt(np.sum((dH / outer) ** 2, axis=(1, 2)))
+    safe = (np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(g), axis=1)
+            & (lam[0] - spread > _SINGULAR_RCOND * (lam[-1] + spread)) & (lam[0] > spread))
+    step = np.empty(g.shape)
+    singular = np.zeros(g.shape[0], dtype=bool)
+    if safe.any():
+        step[safe] = np.linalg.solve(H[safe] / outer, (g[safe] / d)[:, :, None])[:, :, 0] / d
+    if not safe.all():
+        step[~safe], singular[~safe] = _solve_each(H[~safe], g[~safe], scale)
     return np.column_stack([-step, singular])
 
 

@@ -9,9 +9,11 @@ from hypothesis import Phase, given, settings, strategies as st
 
 from skvif import _engine
 from skvif.survival import CoxPHInfluence
+from skvif.survival import _fast_hessian
 from skvif.survival._fast import negative_log_partial_likelihood as closed_form_loss
 from skvif.survival._fast import (gradient_and_hessian, gradient_changes, hessian_changes,
                                   weight_derivatives)
+from skvif.survival._fast_hessian import closed_form_hessian_changes
 
 
 def _generic_vif(model, n):
@@ -112,6 +114,7 @@ def test_closed_forms_match_autograd(seed, ties_level, big_group, eta_max, n_str
         assert abs(closed_form_loss(beta, m._X, m._risk_sets, m._case_weights * weights,
                                     ties) - value) <= 1e-12 * (1 + abs(value))
     assert np.abs((hessian_changes(*args) - H_ref) / scale_H).max() < 1e-7
+    assert np.abs((closed_form_hessian_changes(*args) - H_ref) / scale_H).max() < 1e-7
     loss_if = m._loss(smooth=True)
     D_ref = jacobian(lambda v: grad(loss_if)(beta, v))(ones)
     scale_D = np.abs(D_ref).max(axis=1, keepdims=True) + 1e-300
@@ -138,6 +141,68 @@ def test_big_efron_tie_group_matches_autograd(risk):
     ref = np.array([g_full - g(beta, np.where(np.arange(n) == u, 0.0, 1.0)) for u in range(n)])
     fast = gradient_changes(beta, m._X, m._risk_sets, m._case_weights, "efron")
     assert np.abs((fast - ref) / np.abs(ref).max(axis=0)).max() < 1e-9
+
+
+@pytest.mark.parametrize("risk", [-30.0, 0.0, 3.0])
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_big_tie_group_hessian_changes_match_autograd(risk, ties):
+    # own-group Efron sums of the closed-form Hessian changes above the slot-by-slot size:
+    # series in d0/s0 (low risk), digamma and trigamma (high risk); weights and strata
+    rng = np.random.default_rng(7)
+    n, d = 160, 90
+    X = rng.normal(size=(n, 2)) * [1.0, 1e3]
+    time = rng.exponential(size=n) + 1.0
+    time[:d] = 0.5
+    X[:d, 0] += risk
+    event = rng.random(n) < 0.7
+    event[:d] = True
+    w = rng.choice([0.0, 1.0, 2.0], size=n, p=[0.1, 0.6, 0.3])
+    w[:d] = np.maximum(w[:d], 1.0)
+    strata = (np.arange(n) >= 130).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = CoxPHInfluence(ties=ties).fit(X, np.c_[time, event], sample_weight=w,
+                                          strata=strata)
+    beta = np.array([1.0, 1e-4])   # (not the fit: low-risk tied deaths stay low-risk)
+    H, ones = hessian(m._loss()), np.ones(n)
+    H_full = H(beta, ones)
+    ref = np.array([H_full - H(beta, np.where(np.arange(n) == u, 0.0, 1.0)) for u in range(n)])
+    fast = closed_form_hessian_changes(beta, m._X, m._risk_sets, m._case_weights, ties)
+    assert np.abs((fast - ref) / (np.abs(ref).max(axis=0) + 1e-300)).max() < 1e-7
+
+
+@pytest.mark.parametrize("direct_rows", [0, 16])
+def test_closed_form_hessian_changes_match_complex_step(direct_rows, monkeypatch):
+    # larger adversarial problems against the complex-step reference, all code paths:
+    # rows dominating a slot by full Hessians (few) or by the complex step (many), the
+    # series tables kept or rebuilt per block of rows, blocks of rows of any size, both
+    # ways of summing second moments and of summing the series
+    for seed, (ties_level, big_group, eta_max, n_strata) in enumerate(
+            [(0, 0, 50.0, 1), (20, 80, 20.0, 3), (2, 80, 50.0, 2), (0, 0, 1.0, 1)]):
+        X, y, w, strata, units, rng = _adversarial(seed, 400, ties_level, big_group, eta_max,
+                                                   n_strata)
+        for ties in ("efron", "breslow"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = CoxPHInfluence(ties=ties).fit(X, y, sample_weight=w, strata=strata)
+            beta = _at_params(m, units, eta_max, rng)
+            args = (beta, m._X, m._risk_sets, m._case_weights, ties)
+            ref = hessian_changes(*args)
+            scale = np.abs(ref).max(axis=0) + 1e-300
+            monkeypatch.setattr(_fast_hessian, "_DIRECT_ROWS", direct_rows)
+            # second-moment sums by one matrix product per segment, or by outer products
+            monkeypatch.setattr(_fast_hessian, "_GEMM_SEGMENT", 1 if direct_rows else 10**9)
+            # series by one product per group, or term by term
+            monkeypatch.setattr(_fast_hessian, "_SHARED_GROUP", 0 if direct_rows else 10**9)
+            changes = _fast_hessian.CoxHessianChanges(*args)
+            monkeypatch.setattr(_fast_hessian, "_TABLE_ELEMENTS", 0)
+            rebuilt = _fast_hessian.CoxHessianChanges(*args)
+            rows = rng.permutation(400)
+            for out in (changes.rows(np.arange(400)), rebuilt.rows(np.arange(400)),
+                        np.concatenate([changes.rows(rows[:7]), changes.rows(rows[7:])])[
+                            np.argsort(rows)]):
+                assert np.abs((out - ref) / scale).max() < 1e-7
+            monkeypatch.undo()
 
 
 def test_closed_forms_extreme_linear_predictor():
@@ -200,12 +265,60 @@ def test_survival_target_closed_form_matches_generic(seed, eta_max, n_strata, mo
 
 
 def test_hessian_changes_in_blocks_equal_all_at_once(monkeypatch):
-    # the (k, p, p) blocks of method="newton" (bounded memory) give the same steps
-    from skvif.survival import _fast
+    # the (k, p, p) chunks of method="newton" (bounded memory) give the same steps, with
+    # the series tables kept or rebuilt per chunk
     X, y, w, strata, units, rng = _adversarial(4, 60, 2, 0, 1.0, 1)
     m = CoxPHInfluence().fit(X, y, sample_weight=w)
     whole = m.influence_(method="newton", as_frame=False)
-    monkeypatch.setattr(_fast, "_CACHE_ELEMENTS", 7 * 9)   # blocks of 7 rows
-    monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 5 * 9)  # chunks of 5: some span two
+    monkeypatch.setattr(_fast_hessian, "_TABLE_ELEMENTS", 0)
+    monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 5 * 9)  # chunks of 5 rows
+    m = CoxPHInfluence().fit(X, y, sample_weight=w)
     np.testing.assert_allclose(m.influence_(method="newton", as_frame=False), whole,
                                rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_newton_steps_unchanged_by_closed_form_hessian_changes(ties, monkeypatch):
+    # all-rows method="newton" from CoxPHInfluence: the closed-form Hessian changes give
+    # the steps of the complex-step reference (ties, zero weights, strata, units, |x beta|)
+    from skvif.survival._fast import CoxDerivatives
+    X, y, w, strata, units, rng = _adversarial(5, 120, 20, 30, 20.0, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = CoxPHInfluence(ties=ties).fit(X, y, sample_weight=w, strata=strata)
+        fast = m.influence_(method="newton", as_frame=False)
+
+    def reference(self, units):
+        return hessian_changes(*self._at, rows=np.concatenate(units), design=self._design)
+
+    monkeypatch.setattr(CoxDerivatives, "hessian_changes", reference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = CoxPHInfluence(ties=ties).fit(X, y, sample_weight=w, strata=strata)
+        ref = m.influence_(method="newton", as_frame=False)
+    assert np.isfinite(ref).all()
+    assert np.abs((fast - ref) / np.abs(ref).max(axis=0)).max() < 1e-8
+
+
+def test_local_newton_solve_fast_path_matches_eigendecomposition():
+    # the engine's LU solves (Weyl's bound: the unit's Hessian is well away from singular)
+    # give _solve_each's steps; units near or at singular still go through it and are flagged
+    rng = np.random.default_rng(11)
+    p, k = 5, 40
+    A = rng.normal(size=(p, p))
+    units = 10.0 ** rng.uniform(-3, 3, size=p)
+    H_full = (A @ A.T + p * np.eye(p)) * np.outer(units, units)
+    dH = 1e-3 * rng.normal(size=(k, p, p)) * np.outer(units, units)
+    dH = dH + np.swapaxes(dH, 1, 2)
+    dH[:5] = H_full                       # removing the unit leaves no curvature: singular
+    dH[5:10] = 0.9 * H_full               # not covered by the bound: eigendecomposition
+    g_full = rng.normal(size=p) * units
+    dg = rng.normal(size=(k, p)) * units
+    scale = _engine._hessian_scale(H_full)
+    out = _engine._local_newton_chunk(list(range(k)), g_full=g_full, H_full=H_full,
+                                      grad_change=lambda c: dg, hess_change=lambda c: dH,
+                                      scale=scale)
+    step, singular = _engine._solve_each(H_full - dH, g_full - dg, scale)
+    np.testing.assert_array_equal(out[:, -1].astype(bool), singular)
+    assert singular[:5].all() and not singular[5:].any()
+    np.testing.assert_allclose(out[:, :-1], -step, rtol=1e-10, atol=0)

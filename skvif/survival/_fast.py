@@ -801,8 +801,9 @@ class CoxDerivatives(CoxCurvature):
     with ``row_changes``, ``gradient_changes`` and ``hessian_changes``, which
     remove one row at a time and need right-censored data (no delayed entry).
     The gradient changes of all rows are computed once, on first use; the
-    Hessian changes in blocks of rows of bounded size (``(k, p, p)``, never
-    ``(n, p, p)`` at once).
+    Hessian changes (closed form, :mod:`._fast_hessian`) per chunk of rows
+    from per-group tables built once (``(k, p, p)``, never ``(n, p, p)`` at
+    once).
     """
 
     def __init__(self, params, X, rs, case_weights, ties, alpha=0.0, row_changes=True,
@@ -846,21 +847,12 @@ class CoxDerivatives(CoxCurvature):
         return self._cache["gradient"][rows]
 
     def hessian_changes(self, units):
-        # rows are computed in blocks of at most _CACHE_ELEMENTS numbers, the block of
-        # the last chunk kept (the engine asks for consecutive chunks of rows)
-        rows = unit_rows(units)
-        params, X = self._at[:2]
-        size = max(1, _CACHE_ELEMENTS // params.size ** 2)
-        block = np.unique(rows // size)
-        if block.size > 1:
-            return hessian_changes(*self._at, rows=rows, design=self._design)
-        if self._cache.get("hessian_block") != block[0]:
-            self._cache["hessian"] = hessian_changes(
-                *self._at, rows=np.arange(block[0] * size, min((block[0] + 1) * size,
-                                                               X.shape[0])),
-                design=self._design)
-            self._cache["hessian_block"] = block[0]
-        return self._cache["hessian"][rows - block[0] * size]
+        # closed form (._fast_hessian): the shared per-group tables built once, on first
+        # use; each chunk of rows then costs O(k p^2)
+        if "hessian_changes" not in self._cache:
+            from ._fast_hessian import CoxHessianChanges
+            self._cache["hessian_changes"] = CoxHessianChanges(*self._at, design=self._design)
+        return self._cache["hessian_changes"].rows(unit_rows(units))
 
     def weight_derivatives(self):
         return weight_derivatives(*self._at, design=self._design)

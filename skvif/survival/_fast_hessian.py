@@ -1,0 +1,447 @@
+"""Closed-form leave-one-row-out Hessian changes of the Cox objective in ``O(n p^2)``.
+
+``Delta H_u = H(all rows) - H(without row u)`` for every row ``u`` (``method="newton"``),
+from the same slots, series and exact pairs as :func:`._fast.gradient_changes`
+(see :mod:`._fast`). The Hessian is ``sum_s c_s V_s`` with ``V_s = C_s / a_s -
+m_s m_s^T`` the weighted covariance of slot ``s``'s risk set (``C_s = S2_g -
+f_s D2_g``, ``S2``/``D2`` the group's risk-set/death sums of ``r x x^T``).
+
+* A slot where ``u`` is at risk but does not die: with ``t = r_u / a_s`` and
+  ``d = x_u - m_s``, removing ``u`` changes its term by
+
+      c_s [ -(t / (1 - t)) V_s + (t / (1 - t)^2) d d^T ].
+
+  Where ``t <= _RATIO`` the geometric series ``t / (1 - t) = sum_j t^j``,
+  ``t / (1 - t)^2 = sum_j j t^j`` turn the sums over a row's slots into
+  prefix sums over the groups of per-group matrices (``S2_g, D2_g, S1 S1^T,
+  S1 D1^T + D1 S1^T, D1 D1^T``) times per-group scalar sums of ``c_s f_s^k
+  a_s^-l``, normalized per block of groups as in :func:`._fast._series_sums`;
+  these tables are computed once and shared by all blocks of rows. The other
+  slots (``t > _RATIO``, a bounded number of pairs) are summed pair by pair.
+* The row's own tie group (when it dies): the group's term recomputed without
+  the row, its Efron sums over the remaining tied deaths slot by slot, by a
+  series in ``d0 / s0`` or by the (poly)digamma closed forms.
+* A row with more than half of some slot's risk set (``t > 1/2``: the sums
+  without it would cancel) is recomputed directly, ``H(all) - H(without u)``
+  by :func:`._fast.gradient_and_hessian` with its weight set to zero (a few
+  rows: at most about two per slot), or, when there are many such rows, by the
+  complex step of :func:`._fast.hessian_changes` on those rows only.
+
+Matrices are kept flattened (``p * p`` numbers per group or row).
+"""
+
+import numpy as np
+from scipy.special import digamma, polygamma
+
+from ._fast import (_BLOCK, _DIRECT, _EFRON_TERMS, _RATIO, _TERMS,
+                    _Statistics, _SortedDesign, _group_intervals, _pair_chunks,
+                    _series_cut, gradient_and_hessian, hessian_changes)
+from ._objective import segment_cumsum
+
+__all__ = ["CoxHessianChanges", "closed_form_hessian_changes"]
+
+_DOMINANT = 0.5      # rows with r_u > _DOMINANT * a_s on one of their slots: direct recompute
+_DIRECT_ROWS = 16    # up to this many of them by full Hessians, more by the complex step
+_TABLE_ELEMENTS = 2**26  # series prefix tables of all terms kept when at most this many numbers
+_MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
+_SHARED_GROUP = 4        # rows of a block per group from which the series is one product per group
+_GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
+
+
+def _outer(a, b):
+    """``a_i b_i^T`` for rows ``a, b`` (k, p), flattened: (k, p * p)."""
+    return (a[:, :, None] * b[:, None, :]).reshape(a.shape[0], -1)
+
+
+def _grouped_moments(X, r, rows, starts):
+    """``sum r_i x_i x_i^T`` (flattened) over ``rows[starts[g]:starts[g+1]]``, (n_segments, p^2).
+
+    ``starts`` are the segments' first positions (increasing, the last segment
+    ends at ``rows.size``); computed in chunks of ``_MOMENT_ROWS`` rows.
+    """
+    n_seg = starts.size
+    out = np.zeros((n_seg, X.shape[1] ** 2), dtype=r.dtype)
+    if n_seg == 0 or rows.size == 0:
+        return out
+    if rows.size >= _GEMM_SEGMENT * n_seg:
+        # long segments (tied times): one matrix product X_k^T diag(r) X_k per segment
+        ends = np.append(starts[1:], rows.size)
+        for k, (lo, hi) in enumerate(zip(starts, ends)):
+            x = X[rows[lo:hi]]
+            out[k] = (x.T @ (r[rows[lo:hi], None] * x)).ravel()
+        return out
+    for lo in range(0, rows.size, _MOMENT_ROWS):
+        hi = min(lo + _MOMENT_ROWS, rows.size)
+        chunk = rows[lo:hi]
+        x = X[chunk]
+        values = _outer(r[chunk, None] * x, x)
+        first = np.searchsorted(starts, lo, side="right") - 1   # segment holding lo
+        last = np.searchsorted(starts, hi - 1, side="right") - 1
+        local = np.maximum(starts[first:last + 1] - lo, 0)
+        local[0] = 0
+        sums = np.add.reduceat(values, local, axis=0)
+        out[first:last + 1] += sums
+    return out
+
+
+def _efron_sums2(s0, d0, d):
+    """Efron sums over ``k < d`` (``f_k = k / d``, ``a_k = s0 - f_k d0``).
+
+    Returns ``sum 1/a_k, sum f_k/a_k, sum 1/a_k^2, sum f_k/a_k^2, sum f_k^2/a_k^2``:
+    slot by slot for ``d <= _DIRECT``; for larger ``d`` the series in
+    ``q = d0 / s0`` (``1/a = sum_j q^j f^j / s0``, ``1/a^2 = sum_j (j+1) q^j
+    f^j / s0^2``) with exact power sums of ``k / d`` when ``|q| <= 1/2``, the
+    digamma and trigamma closed forms otherwise.
+    """
+    d = d.astype(np.intp)
+    out = np.zeros((5,) + s0.shape, dtype=np.result_type(s0, d0))
+    small = np.flatnonzero((d > 0) & (d <= _DIRECT))
+    for k in range(int(d[small].max()) if small.size else 0):
+        rows = small[d[small] > k]
+        f = k / d[rows]
+        inv = 1.0 / (s0[rows] - f * d0[rows])
+        inv2 = inv * inv
+        out[0, rows] += inv
+        out[1, rows] += f * inv
+        out[2, rows] += inv2
+        out[3, rows] += f * inv2
+        out[4, rows] += f * f * inv2
+    large = np.flatnonzero(d > _DIRECT)
+    ratio = d0[large] / s0[large]
+    near = np.abs(ratio) <= 0.5
+    series = large[near]
+    if series.size:
+        sizes, which = np.unique(d[series], return_inverse=True)
+        f = np.concatenate([np.arange(size) / size for size in sizes])
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        P = np.stack([np.add.reduceat(f ** j, first)
+                      for j in range(_EFRON_TERMS + 3)], axis=1)[np.ravel(which)]
+        q = ratio[near]
+        sums = np.zeros((5, q.size), dtype=out.dtype)
+        power = np.ones_like(q)
+        for j in range(_EFRON_TERMS + 1):
+            sums[0] += power * P[:, j]
+            sums[1] += power * P[:, j + 1]
+            sums[2] += (j + 1) * power * P[:, j]
+            sums[3] += (j + 1) * power * P[:, j + 1]
+            sums[4] += (j + 1) * power * P[:, j + 2]
+            power = power * q
+        s = s0[series]
+        out[0, series], out[1, series] = sums[0] / s, sums[1] / s
+        out[2:, series] = sums[2:] / s ** 2
+    far = large[~near]
+    if far.size:
+        dd, s, q0 = d[far], s0[far], d0[far]
+        z = dd * s / q0
+        e1 = dd / q0 * (digamma(z + 1) - digamma(z - dd + 1))
+        e2 = (dd / q0) ** 2 * (polygamma(1, z - dd + 1) - polygamma(1, z + 1))
+        out[0, far], out[2, far] = e1, e2
+        out[1, far] = (s * e1 - dd) / q0
+        out[3, far] = (s * e2 - e1) / q0
+        out[4, far] = (s * s * e2 - 2 * s * e1 + dd) / q0 ** 2
+    return out
+
+
+class CoxHessianChanges:
+    """``H(all) - H(without row u)`` of the Cox objective, for blocks of rows.
+
+    The shared per-group work (risk-set and death second moments, the series'
+    prefix tables, the own groups' terms) is done once, at construction;
+    :meth:`rows` then costs ``O(k p^2)`` plus the block's exact pairs.
+
+    Parameters
+    ----------
+    params : ndarray of shape (p,)
+        Coefficients at which the Hessian changes are taken.
+    X : ndarray of shape (n, p)
+        The (centered) design the objective uses.
+    rs : RiskSets
+        The risk sets (right-censored: no delayed entry).
+    case_weights : ndarray of shape (n,)
+        Case weights.
+    ties : {"efron", "breslow"}
+        Tie handling.
+    design : _SortedDesign, optional
+        The sorted design of ``X`` (made when not given).
+    """
+
+    def __init__(self, params, X, rs, case_weights, ties, design=None):
+        if rs.has_entry:
+            raise ValueError("the O(n p^2) Cox path does not handle delayed entry")
+        design = _SortedDesign(X, rs) if design is None else design
+        self._args = params, X, rs, case_weights, ties, design
+        self.st = st = _Statistics(X @ params, X, rs, case_weights, ties, design)
+        n, p = X.shape
+        self.p = p
+        self.pp = p * p
+        # per group: risk-set and death sums of r x x^T (flattened)
+        sorted_rows, _, indptr, restart, last = design.time
+        if indptr.size > 1:
+            moments = _grouped_moments(X, st.r, sorted_rows, indptr[:-1])
+            cum = segment_cumsum(moments.T, restart).T
+            self.S2 = np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
+        else:
+            self.S2 = np.zeros((last.size, p * p))
+        self.D2 = _grouped_moments(X, st.r, rs.deaths, rs.death_bounds[:-1])
+        S1, D1 = st.S1.T, st.D1.T                                   # (n_groups, p)
+        self.S1S1 = _outer(S1, S1)
+        SD = _outer(S1, D1).reshape(-1, p, p)
+        self.SD = (SD + np.swapaxes(SD, 1, 2)).reshape(-1, p * p)
+        self.D1D1 = _outer(D1, D1)
+        w = case_weights
+        self.died = rs.event & (w > 0)
+        # each row's at-risk slots before its own death group, and where the series stops
+        self.g_lo, self.g_hi = _group_intervals(rs, before_own_death=self.died)
+        all_rows = np.arange(n)
+        self.cut, self.envelope = _series_cut(st, all_rows, self.g_lo, self.g_hi)
+        # rows holding more than _DOMINANT of one of their slots (own group included)
+        _, g_end = _group_intervals(rs)
+        reach = np.where(g_end > self.g_lo, self.envelope[np.maximum(g_end - 1, 0)], np.inf)
+        self.special = np.flatnonzero((st.r > 0) & (st.r > _DOMINANT * reach))
+        self._special_cache = None
+        # own group terms before removal: sum_{s in g} c_s V_s
+        self.before = self._group_terms(np.ones_like(st.a), 0)
+        self._setup_own()
+        self._setup_series()
+
+    # ----------------------------------------------------------------------
+    def _sigma(self, weight, k, l):
+        st = self.st
+        return st.per_group(st.c * weight * st.frac ** k / st.a ** l)
+
+    def _group_terms(self, weight, j):
+        """Per group ``sum_s c_s weight_s [-C_s/a_s + (j+1) m_s m_s^T]`` (flattened).
+
+        For ``j = 0`` (and weight 1) the group's Hessian term ``sum_s c_s V_s`` instead.
+        """
+        s01, s11 = self._sigma(weight, 0, 1), self._sigma(weight, 1, 1)
+        s02, s12, s22 = (self._sigma(weight, k, 2) for k in range(3))
+        mat = (-self.S2 * s01[:, None] + self.D2 * s11[:, None]
+               + (j + 1) * (self.S1S1 * s02[:, None] - self.SD * s12[:, None]
+                            + self.D1D1 * s22[:, None]))
+        if j == 0:
+            return -mat   # sum c V
+        return mat
+
+    def _setup_series(self):
+        """Normalization blocks of the series (as :func:`._fast._series_sums`)."""
+        st, rs = self.st, self.st.rs
+        n_groups = self.envelope.size
+        self.n_groups = n_groups
+        if n_groups == 0:
+            self._stack = None
+            return
+        group_start = np.searchsorted(rs.group_stratum, np.arange(rs.n_strata))
+        self.group_start = group_start
+        top = self.envelope[group_start[rs.group_stratum]]
+        block = np.floor(np.log(top / self.envelope) / np.log(_BLOCK)).astype(np.intp)
+        self.log_ref = np.log(top) - (block + 1) * np.log(_BLOCK)
+        self.ratio = np.exp(self.log_ref[st.slot_group]) / st.a
+        new_segment = np.ones(n_groups, dtype=bool)
+        new_segment[1:] = ((block[1:] != block[:-1])
+                           | (rs.group_stratum[1:] != rs.group_stratum[:-1]))
+        self.seg_starts = seg_starts = np.flatnonzero(new_segment)
+        self.segment = np.cumsum(new_segment) - 1
+        rank = np.zeros(seg_starts.size, dtype=np.intp)
+        for i in np.flatnonzero(~np.isin(seg_starts, group_start)):
+            rank[i] = rank[i - 1] + 1
+        self.rank = rank
+        self.gap = np.zeros(seg_starts.size)
+        self.gap[1:] = block[seg_starts[1:]] - block[seg_starts[:-1]]
+        size = _TERMS * n_groups * (self.pp + self.p + 1)
+        # every term's table, (n_groups, terms, values), or None: rebuilt per block of rows
+        self._stack = (np.stack([self._table(j) for j in range(1, _TERMS + 1)], axis=1)
+                       if size <= _TABLE_ELEMENTS else None)
+
+    def _table(self, j):
+        """Prefix sums (with the carried blocks) of term ``j``: (n_groups, p^2 + p + 1)."""
+        st = self.st
+        weight = self.ratio ** j
+        mat = self._group_terms(weight, j)
+        s01, s11 = self._sigma(weight, 0, 1), self._sigma(weight, 1, 1)
+        vec = j * (st.S1.T * s01[:, None] - st.D1.T * s11[:, None])
+        sca = j * self._sigma(weight, 0, 0)
+        per_group = np.column_stack([mat, vec, sca])
+        n_groups, seg_starts = self.n_groups, self.seg_starts
+        cum = segment_cumsum(per_group.T, seg_starts).T
+        totals = cum[np.append(seg_starts[1:], n_groups) - 1]
+        carry = np.zeros_like(totals)
+        factor = _BLOCK ** (-j * self.gap)
+        for step in range(1, self.rank.max() + 1):
+            now = np.flatnonzero(self.rank == step)
+            carry[now] = factor[now, None] * (carry[now - 1] + totals[now - 1])
+        return cum + carry[self.segment]
+
+    # ----------------------------------------------------------------------
+    def _series(self, rows):
+        """Series part over each row's groups ``[g_lo, cut)``, flattened (k, p^2)."""
+        st, q, p = self.st, self.pp, self.p
+        out = np.zeros((rows.size, q), dtype=st.r.dtype)
+        if self.n_groups == 0:
+            return out
+        rs = st.rs
+        g_end = self.cut[rows]
+        keep = np.flatnonzero((g_end > self.group_start[rs.row_stratum[rows]])
+                              & (st.r[rows] > 0))
+        if keep.size == 0:
+            return out
+        last = g_end[keep] - 1
+        bound = st.r[rows[keep]] / self.envelope[last]
+        needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
+        by_need = np.argsort(-needed, kind="stable")   # rows needing more terms first
+        keep, last, needed = keep[by_need], last[by_need], needed[by_need]
+        u = st.r[rows[keep]] / np.exp(self.log_ref[last])
+        sums = np.zeros((keep.size, q + p + 1), dtype=out.dtype)
+        power = np.ones(keep.size)
+        groups, first = np.unique(last, return_index=True)
+        if self._stack is not None and groups.size * _SHARED_GROUP <= keep.size:
+            # many rows per group: (rows of a group x terms) @ (terms x values), one product
+            # per group; powers u^j where the row needs term j, 0 beyond
+            terms = np.arange(1, _TERMS + 1)
+            powers = np.where(terms <= needed[:, None],
+                              u[:, None] ** terms, 0.0)                     # (k, J)
+            by_group = np.argsort(last, kind="stable")
+            powers = powers[by_group]
+            bounds = np.append(np.searchsorted(last[by_group], groups), keep.size)
+            grouped = np.empty_like(sums)
+            for i, g in enumerate(groups):
+                lo, hi = bounds[i], bounds[i + 1]
+                np.matmul(powers[lo:hi], self._stack[g], out=grouped[lo:hi])
+            sums[by_group] = grouped
+            groups = ()   # done
+        for j in range(1, _TERMS + 1 if len(groups) else 1):
+            k = np.count_nonzero(needed >= j)
+            if k == 0:
+                break
+            power[:k] *= u[:k]
+            table = (self._stack[last[:k], j - 1] if self._stack is not None
+                     else self._table(j)[last[:k]])
+            sums[:k] += power[:k, None] * table
+        x = st.X[rows[keep]]
+        v = sums[:, q:q + p]
+        # sca x x^T - x v^T - v x^T (symmetrized with the other terms in rows())
+        out[keep] = sums[:, :q] + _outer(x, sums[:, -1:] * x - v) - _outer(v, x)
+        return out
+
+    def _exact(self, rows):
+        """Slots from each row's cut to its own time, pair by pair, flattened (k, p^2)."""
+        st = self.st
+        lo, hi = st.bounds[self.cut[rows]], st.bounds[self.g_hi[rows]]
+        counts = np.where(st.r[rows] > 0, np.maximum(hi - lo, 0), 0)
+        out = np.zeros((rows.size, self.pp), dtype=st.r.dtype)
+        for first, stop in _pair_chunks(counts):
+            k = counts[first:stop]
+            u = np.repeat(rows[first:stop], k)
+            s = (np.repeat(lo[first:stop], k) + np.arange(k.sum())
+                 - np.repeat(np.cumsum(k) - k, k))
+            g, f, a, c = st.slot_group[s], st.frac[s], st.a[s], st.c[s]
+            ru = st.r[u]
+            # (pairs with t > _DOMINANT belong to the directly recomputed rows)
+            counting = (c != 0) & (ru <= _DOMINANT * a)
+            rest = np.where(counting, a - ru, 1.0)
+            ratio = np.where(counting, ru / rest, 0.0)            # t / (1 - t)
+            m = st.m[:, s].T
+            V = (self.S2[g] - f[:, None] * self.D2[g]) / a[:, None] - _outer(m, m)
+            d = st.X[u] - m
+            values = c[:, None] * (-ratio[:, None] * V + (ratio * a / rest)[:, None]
+                                   * _outer(d, d))
+            nonempty = np.flatnonzero(k > 0)
+            out[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
+                                                     axis=0)
+        return out
+
+    def _setup_own(self):
+        """Per dying row: its group's Efron sums without it and the slot weight (once)."""
+        st = self.st
+        rs, w = st.rs, st.w
+        group = np.full(rs.n_samples, -1, dtype=np.intp)
+        group[rs.deaths] = rs.death_group
+        group[~self.died] = -1
+        self.own_group = group
+        u = np.flatnonzero(group >= 0)
+        g = group[u]
+        ru = st.r[u]
+        s0, d0 = st.S0[g] - ru, st.D0[g] - ru
+        rest = st.W[g] - w[u]
+        if st.ties == "breslow":
+            some = rest > 0
+            safe = np.where(some, s0, 1.0)
+            E = np.zeros((5, u.size))
+            E[0], E[2] = 1.0 / safe, 1.0 / safe ** 2
+            weight = np.where(some, rest, 0.0)
+        else:
+            d_new = st.n_present[g] - 1
+            some = d_new > 0
+            E = _efron_sums2(np.where(some, s0, 1.0), np.where(some, d0, 1.0), d_new)
+            weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
+        self.own_index = np.full(rs.n_samples, -1, dtype=np.intp)
+        self.own_index[u] = np.arange(u.size)
+        self.own_E = weight * E          # (5, n_dying): the slot weight times the sums
+
+    def _own(self, rows):
+        """Own tie group before minus after removing each dying row, flattened (k, p^2).
+
+        After: ``c' [S2' E0 - D2' E1 - s1' s1'^T E2 + (s1' d1'^T + d1' s1'^T) E3 -
+        d1' d1'^T E4]`` with the group's sums without the row (primes).
+        """
+        st = self.st
+        out = np.zeros((rows.size, self.pp), dtype=st.r.dtype)
+        here = np.flatnonzero(self.own_index[rows] >= 0)
+        if here.size == 0:
+            return out
+        u = rows[here]
+        g = self.own_group[u]
+        E = self.own_E[:, self.own_index[u]]
+        ru, x = st.r[u], st.X[u]
+        rx = ru[:, None] * x
+        s1, d1 = st.S1[:, g].T - rx, st.D1[:, g].T - rx
+        # (S2 - r x x^T) E0 - (D2 - r x x^T) E1, and the mean terms as two products
+        after = (self.S2[g] * E[0][:, None] - self.D2[g] * E[1][:, None]
+                 - _outer(rx * (E[0] - E[1])[:, None], x)
+                 - _outer(E[2][:, None] * s1 - E[3][:, None] * d1, s1)
+                 + _outer(E[3][:, None] * s1 - E[4][:, None] * d1, d1))
+        out[here] = self.before[g] - after
+        return out
+
+    def _special_rows(self):
+        """Direct ``H(all) - H(without u)`` of the rows dominating a slot, (k, p, p)."""
+        if self._special_cache is None:
+            params, X, rs, w, ties, design = self._args
+            rows = self.special
+            if rows.size > _DIRECT_ROWS:
+                values = hessian_changes(params, X, rs, w, ties, rows=rows, design=design)
+            else:
+                H = gradient_and_hessian(params, X, rs, w, ties, 0.0, design)[1]
+                values = np.empty((rows.size, self.p, self.p))
+                for i, u in enumerate(rows):
+                    keep = w.copy()
+                    keep[u] = 0.0
+                    values[i] = H - gradient_and_hessian(params, X, rs, keep, ties, 0.0,
+                                                         design)[1]
+            self._special_cache = values
+        return self._special_cache
+
+    def rows(self, rows):
+        """``H(all) - H(without row u)`` for ``rows``, shape (k, p, p)."""
+        rows = np.asarray(rows, dtype=np.intp)
+        flat = self._series(rows) + self._exact(rows) + self._own(rows)
+        out = flat.reshape(rows.size, self.p, self.p)
+        out = 0.5 * (out + np.swapaxes(out, 1, 2))
+        if self.special.size:
+            where = np.searchsorted(self.special, rows)
+            hit = np.flatnonzero((where < self.special.size)
+                                 & (self.special[np.minimum(where, self.special.size - 1)]
+                                    == rows))
+            if hit.size:
+                out[hit] = self._special_rows()[where[hit]]
+        return out
+
+
+def closed_form_hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None):
+    """``H(params; all rows) - H(params; without row u)`` for ``rows`` (default all), (k, p, p).
+
+    The closed form of :class:`CoxHessianChanges`; equals
+    :func:`._fast.hessian_changes` (the complex step) to rounding.
+    """
+    rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
+    return CoxHessianChanges(params, X, rs, case_weights, ties, design).rows(rows)
