@@ -42,7 +42,7 @@ import numpy as np
 import scipy.sparse
 from scipy.special import digamma
 
-from .._blas import single_threaded_blas
+from .._blas import single_blas_thread, single_threaded_blas
 from .._engine import unit_rows
 from ._objective import segment_cumsum, stratum_max, survival_probabilities
 
@@ -56,7 +56,6 @@ _PAIRS = 2**16      # exact (row, slot) pairs evaluated at once
 _ROWS = 2**16       # rows per chunk (temporaries of (_ROWS, p))
 _DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot
 _EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
-_CACHE_ELEMENTS = 2**25  # Hessian changes are computed for blocks of this many numbers
 
 
 def _segment_sums(weights, indices, indptr, values):
@@ -849,10 +848,12 @@ class CoxDerivatives(CoxCurvature):
     def hessian_changes(self, units):
         # closed form (._fast_hessian): the shared per-group tables built once, on first
         # use; each chunk of rows then costs O(k p^2)
-        if "hessian_changes" not in self._cache:
-            from ._fast_hessian import CoxHessianChanges
-            self._cache["hessian_changes"] = CoxHessianChanges(*self._at, design=self._design)
-        return self._cache["hessian_changes"].rows(unit_rows(units))
+        with single_blas_thread(self._at[1].shape[0]):
+            if "hessian_changes" not in self._cache:
+                from ._fast_hessian import CoxHessianChanges
+                self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
+                                                                   design=self._design)
+            return self._cache["hessian_changes"].rows(unit_rows(units))
 
     def weight_derivatives(self):
         return weight_derivatives(*self._at, design=self._design)
