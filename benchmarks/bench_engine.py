@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_engine.py neural [support synthetic] [--sample 6 --top 6]
         [--alpha 1 --max-iter 2000 --hidden 96 96 --n-synthetic 6000 --newton]
-    python benchmarks/bench_engine.py generic [--params 100000]
+    python benchmarks/bench_engine.py generic [--params 100000 --dattri-max-iter 10 100]
 
 ``neural``: each configuration runs in its own subprocess (its peak resident
 memory, ``ru_maxrss``, is printed): one training run of an MLP with about 10^4
@@ -29,8 +29,22 @@ Nothing is asserted.
 ``--params`` (default 10^5) parameters (``solver="auto"``: conjugate gradients),
 and ``loo`` / ``newton`` / ``vif`` for 3 rows at 10^4 parameters, where the
 engine forms no dense Hessian (trust-region Newton-CG refits, CG Newton
-steps). Time and peak memory of each; dattri is not run (it needs PyTorch,
-which is not installed here).
+steps). Time and peak memory of each.
+
+The same 10^5-parameter problem is then given to dattri (``pip install torch
+dattri``; imported only in its own subprocess, skipped with a message when it
+is not installed): ``IFAttributorCG`` on a ``torch.nn.Linear(p, 1,
+bias=False)`` holding skvif's fitted parameters, in float64, the loss
+``sum_i log(1 + exp(-y_i x_i . theta))`` with the ridge ``alpha`` passed as
+dattri's ``regularization`` (its Hessian is then ``H + alpha I``, skvif's, and
+its per-row gradients are the data terms alone, as in skvif's removal of a
+row), the target the 5 test predictions, one batch for the train and one
+for the test rows. dattri's score ``grad l_i . (H + alpha I)^-1 grad f_t`` is
+the first-order change of ``f_t`` when row ``i`` is removed, skvif's sign
+convention (``f(without i) - f(all)``), so the two are compared entry by
+entry (``tests/_accuracy.py``, no rescaling). dattri's CG runs a fixed
+number of iterations (it has no tolerance): one run per ``--dattri-max-iter``
+value (default 10, dattri's default, and 100).
 """
 
 import argparse
@@ -52,6 +66,8 @@ import skvif  # noqa: E402
 from skvif.survival import NeuralCoxPHInfluence, mlp_risk_function  # noqa: E402
 
 warnings.filterwarnings("ignore")
+
+ALPHA = 1.0  # ridge of the generic problem
 
 SUPPORT_COLUMNS = ["num_age", "fac_sex", "fac_race", "num_num_co", "fac_diabetes",
                    "fac_dementia", "fac_ca", "num_meanbp", "num_hrt", "num_resp", "num_temp",
@@ -150,6 +166,15 @@ def logistic_loss(theta, weights, *, X, y, alpha):
             + 0.5 * alpha * anp.sum(theta * theta, axis=-1))
 
 
+def generic_problem(p, n, seed):
+    """Design ``X`` (n, p), labels ``y`` in {-1, 1} and 5 test rows ``X_test``."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n + 5, p)) / np.sqrt(200.0)
+    y = np.where(X[:, :200] @ rng.normal(size=200) + 0.5 * rng.normal(size=n + 5) > 0, 1.0,
+                 -1.0)
+    return X[:n], y[:n], X[n:]
+
+
 def generic_one(mode, args):
     """One generic configuration in its own process: a JSON line."""
     from functools import partial
@@ -158,12 +183,8 @@ def generic_one(mode, args):
 
     p = args.params if mode == "vif" else 10_000
     n = 200 if mode == "vif" else 300
-    rng = np.random.default_rng(args.seed)
-    X = rng.normal(size=(n + 5, p)) / np.sqrt(200.0)
-    y = np.where(X[:, :200] @ rng.normal(size=200) + 0.5 * rng.normal(size=n + 5) > 0, 1.0,
-                 -1.0)
-    X_test, X, y = X[n:], X[:n], y[:n]
-    loss = partial(logistic_loss, X=X, y=y, alpha=1.0)
+    X, y, X_test = generic_problem(p, n, args.seed)
+    loss = partial(logistic_loss, X=X, y=y, alpha=ALPHA)
     (theta, _, _), fit_s = timed(lambda: minimize_hessian_free(loss, np.zeros(p), np.ones(n),
                                                                gtol=1e-9))
     row = {"mode": mode, "n": n, "p": p, "fit_s": fit_s}
@@ -172,6 +193,8 @@ def generic_one(mode, args):
         out, row["vif_s"] = timed(lambda: skvif.vif(loss, theta, n, target=target,
                                                     batched=True))
         row["shape"] = list(out.shape)
+        if args.save:
+            np.savez(args.save, theta=theta, influence=out)
     else:
         units = [[0], [1], [2]]
         results = {}
@@ -184,25 +207,109 @@ def generic_one(mode, args):
     print(json.dumps(row), flush=True)
 
 
+def dattri_one(args):
+    """dattri's ``IFAttributorCG`` on the generic problem, in its own process: a JSON line.
+
+    Loads skvif's fitted parameters and influence from ``args.save``; prints
+    ``{"installed": false}`` when torch or dattri cannot be imported.
+    """
+    try:
+        import torch
+        from dattri.algorithm.influence_function import IFAttributorCG
+        from dattri.task import AttributionTask
+    except ImportError as error:
+        print(json.dumps({"installed": False, "error": str(error)}), flush=True)
+        return
+    from importlib.metadata import version
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.set_default_dtype(torch.float64)
+    row = {"installed": True, "dattri": version("dattri"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "max_iter": args.dattri_max_iter[0]}
+    p, n = args.params, 200
+    X, y, X_test = generic_problem(p, n, args.seed)
+    saved = np.load(args.save)
+    theta, skvif_influence = saved["theta"], saved["influence"]
+    row["rss_before_mib"] = rss_mib()
+
+    def run():
+        model = torch.nn.Linear(p, 1, bias=False)
+        checkpoint = {"weight": torch.as_tensor(theta).reshape(1, p)}
+
+        def loss_func(params, data):
+            # data terms only: dattri adds the ridge as ``regularization * v``
+            x, label = data
+            margin = torch.func.functional_call(model, params, x).reshape(-1) * label
+            return torch.nn.functional.softplus(-margin).sum()
+
+        def target_func(params, data):
+            x, _ = data
+            return torch.func.functional_call(model, params, x).sum()
+
+        task = AttributionTask(loss_func=loss_func, model=model, checkpoints=checkpoint,
+                               target_func=target_func)
+        train = DataLoader(TensorDataset(torch.as_tensor(X), torch.as_tensor(y)),
+                           batch_size=n, shuffle=False)
+        test = DataLoader(TensorDataset(torch.as_tensor(X_test), torch.zeros(len(X_test))),
+                          batch_size=len(X_test), shuffle=False)
+        attributor = IFAttributorCG(task=task, max_iter=args.dattri_max_iter[0],
+                                    regularization=ALPHA)
+        attributor.cache(train)
+        return attributor.attribute(train, test).detach().numpy()
+
+    out, row["dattri_s"] = timed(run)
+    row["shape"] = list(out.shape)
+    row["agreement"] = agreement(out, skvif_influence)
+    row["rss_mib"] = rss_mib()
+    print(json.dumps(row), flush=True)
+
+
 def generic(args):
+    import tempfile
+
     print("== generic engine at large p: ridge logistic regression as a skvif.vif loss ==")
-    row = run_subprocess(["generic-one", "vif", "--params", str(args.params)])
-    print(f"vif, all {row['n']} rows x 5 targets, p = {row['p']}: fit {row['fit_s']:.1f} s, "
-          f"vif {row['vif_s']:.1f} s, peak memory {row['rss_mib']:.0f} MiB")
-    row = run_subprocess(["generic-one", "loo"])
+    with tempfile.TemporaryDirectory() as folder:
+        save = os.path.join(folder, "skvif.npz")
+        vif_row = run_subprocess(["generic-one", "vif", "--params", str(args.params),
+                                  "--seed", str(args.seed), "--save", save])
+        print(f"vif, all {vif_row['n']} rows x 5 targets, p = {vif_row['p']}: fit "
+              f"{vif_row['fit_s']:.1f} s, vif {vif_row['vif_s']:.1f} s "
+              f"({vif_row['vif_s'] / vif_row['fit_s']:.2f} x the fit), peak memory "
+              f"{vif_row['rss_mib']:.0f} MiB")
+        # TQDM_DISABLE: dattri's progress bars (read when tqdm is imported)
+        dattri_rows = [run_subprocess(["dattri-one", "--params", str(args.params), "--seed",
+                                       str(args.seed), "--save", save, "--dattri-max-iter",
+                                       str(max_iter)], env={"TQDM_DISABLE": "1"})
+                       for max_iter in args.dattri_max_iter]
+    row = run_subprocess(["generic-one", "loo", "--seed", str(args.seed)])
     cells = "  ".join(f"{m} {row[f'{m}_s']:.1f} s" for m in ("vif", "newton", "loo"))
     print(f"3 rows x 5 targets, p = {row['p']}, n = {row['n']}: {cells}; peak memory "
           f"{row['rss_mib']:.0f} MiB")
     for m in ("vif", "newton"):
         print(f"  {m} vs loo: r {row[m]['r']:.4f} slope {row[m]['slope']:.4f} "
               f"max err {row[m]['max_error']:.4f}")
-    print("dattri: not run (needs PyTorch, not installed)")
+    if not dattri_rows[0]["installed"]:
+        print("dattri: not installed (pip install torch dattri)")
+        return
+    first = dattri_rows[0]
+    print(f"dattri {first['dattri']} (torch {first['torch']}, {first['threads']} threads), "
+          f"IFAttributorCG, float64, the same problem (p = {vif_row['p']}, all "
+          f"{vif_row['n']} rows x 5 targets, skvif's fitted parameters); against skvif's "
+          f"vif ({vif_row['vif_s']:.1f} s, {vif_row['rss_mib']:.0f} MiB):")
+    for dattri_row in dattri_rows:
+        a = dattri_row["agreement"]
+        print(f"  {dattri_row['max_iter']:4d} CG iterations: {dattri_row['dattri_s']:6.1f} s "
+              f"(skvif / dattri time {vif_row['vif_s'] / dattri_row['dattri_s']:.2f}), peak "
+              f"memory {dattri_row['rss_mib']:.0f} MiB ({dattri_row['rss_before_mib']:.0f} "
+              f"after imports and data); vs skvif entry by entry: r {a['r']:.6f} slope "
+              f"{a['slope']:.6f} max err {a['max_error']:.2e}")
 
 
-def run_subprocess(arguments):
+def run_subprocess(arguments, env=None):
     command = [sys.executable, os.path.abspath(__file__)] + arguments
     # the subprocess imports the same skvif as this one
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, **(env or {}), PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(skvif.__file__)), os.environ.get("PYTHONPATH", "")]))
     # (stderr passes through: the workers' progress lines)
     out = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, env=env).stdout
@@ -245,7 +352,7 @@ def neural(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["neural", "neural-one", "generic", "generic-one"])
+    parser.add_argument("mode", choices=["neural", "neural-one", "generic", "generic-one", "dattri-one"])
     parser.add_argument("configs", nargs="*", default=["support", "synthetic"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", type=int, default=6)
@@ -256,6 +363,8 @@ def main():
     parser.add_argument("--n-synthetic", type=int, default=6000)
     parser.add_argument("--hidden", type=int, nargs="+", default=[96, 96])
     parser.add_argument("--params", type=int, default=100_000)
+    parser.add_argument("--dattri-max-iter", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--save", default=None)
     args = parser.parse_args()
     if args.mode == "neural":
         neural(args)
@@ -263,6 +372,8 @@ def main():
         neural_one(args.configs[0], args)
     elif args.mode == "generic":
         generic(args)
+    elif args.mode == "dattri-one":
+        dattri_one(args)
     else:
         generic_one(args.configs[0], args)
 
