@@ -49,6 +49,7 @@ _FLAT_ITERATIONS = 10
 _CHORD_MAX_ITER = 20
 # Newton steps accepted on the gradient norm after trust-region Newton-CG stalls.
 _POLISH_STEPS = 5
+_POLISH_CG_MAXITER = 500  # conjugate-gradient iterations of one polishing step
 # Leave-out problems evaluated together hold about this many weights at once.
 _CHUNK_ELEMENTS = 2**21
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
@@ -389,9 +390,10 @@ def minimize_hessian_free(loss, params, weights, *, gtol, max_iter=100):
     ``method="trust-ncg"``) on autograd Hessian-vector products: memory
     ``O(p)``, each iteration a truncated conjugate-gradient solve that stops at
     negative curvature, so it also handles non-convex objectives (it converges
-    to a nearby local minimum), then at most 5 full Newton-CG steps accepted
-    on a decrease of the gradient norm (where the objective's decrease is
-    below its rounding). The exact refits of large models use it,
+    to a nearby local minimum), then at most 5 full Newton-CG steps (of at
+    most 500 conjugate-gradient iterations) accepted on a decrease of the
+    gradient norm, where the objective's decrease is below its rounding (not
+    after ``max_iter`` trust-region iterations). The exact refits of large models use it,
     warm-started at the fitted params.
 
     Parameters
@@ -422,12 +424,15 @@ def minimize_hessian_free(loss, params, weights, *, gtol, max_iter=100):
     g = gradient(theta, weights)
     # near the minimum the objective's decrease drops below its rounding before the
     # gradient reaches gtol (trust-ncg then stops: "failure to predict improvement");
-    # full Newton steps accepted on a decrease of the gradient norm finish the job
-    for _ in range(_POLISH_STEPS):
+    # full Newton steps accepted on a decrease of the gradient norm finish the job.
+    # Not when trust-ncg ran out of iterations (status 1): then far from a minimum,
+    # where the Hessian may be indefinite and CG would not stop
+    for _ in range(_POLISH_STEPS if result.status != 1 else 0):
         if not np.linalg.norm(g) > gtol:
             break
         operator = LinearOperator((theta.size,) * 2, matvec=partial(hvp, theta), dtype=float)
-        step, _ = cg(operator, -g, rtol=1e-3, atol=0.0, maxiter=10 * theta.size)
+        step, _ = cg(operator, -g, rtol=1e-3, atol=0.0,
+                     maxiter=min(10 * theta.size, _POLISH_CG_MAXITER))
         g_new = gradient(theta + step, weights)
         if not np.linalg.norm(g_new) < np.linalg.norm(g):
             break

@@ -56,3 +56,26 @@ def test_minimize_large_p_matches_dense(problem, monkeypatch):
                                                   return_hessians=True)
     assert ok.all() and ok_free.all() and hessians is None
     np.testing.assert_allclose(free, dense, rtol=1e-7, atol=1e-10)
+
+
+def test_hessian_free_minimize_stops_at_max_iter_far_from_a_minimum():
+    # Rosenbrock in 40 dimensions from far away: 2 trust-region iterations leave the
+    # gradient large and the Hessian indefinite; no polishing Newton-CG step is taken
+    # there (it could run 10 p conjugate-gradient iterations each), the result says
+    # "not converged", and its point is trust-ncg's own
+    from scipy.optimize import minimize as scipy_minimize
+
+    def rosenbrock(x, weights):
+        return anp.sum(weights[:-1] * (100.0 * (x[1:] - x[:-1] ** 2) ** 2
+                                       + (1.0 - x[:-1]) ** 2))
+
+    start, ones = np.full(40, 3.0), np.ones(40)
+    theta, n_iter, converged = _engine.minimize_hessian_free(rosenbrock, start, ones,
+                                                             gtol=1e-9, max_iter=2)
+    gradient = _engine.grad(rosenbrock)
+    reference = scipy_minimize(lambda x: (float(rosenbrock(x, ones)), gradient(x, ones)),
+                               start, jac=True, method="trust-ncg",
+                               hessp=_engine.grad(lambda x, v: anp.dot(gradient(x, ones), v)),
+                               options={"gtol": 1e-9, "maxiter": 2})
+    assert reference.status == 1 and not converged and n_iter == 2
+    np.testing.assert_array_equal(theta, reference.x)
