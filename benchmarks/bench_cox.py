@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/bench_cox.py [section ...]`` with sections
 ``rossi``, ``delta_beta`` (n=10,000), ``refits`` (n=2,000), ``large`` (n=100,000),
 ``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all of those.
-``scale [n,p ...] [--tools=a,b]`` (not in the default run: it takes about an hour) runs
+``scale [n,p ...] [--tools=a,b]`` (not in the default run: it takes about half an hour) runs
 every tool in its own process at n = 1e4, 1e5, 1e6 with p = 20 and n = 1e5 with p = 100
 (or the sizes given, e.g. ``scale 1e5,20``; ``--tools`` picks some tools only): skvif fit
 and fit + all-rows vif / if / newton, lifelines fit and fit + delta_beta, R ``coxph`` and
