@@ -42,7 +42,7 @@ __all__ = ["CoxHessianChanges", "closed_form_hessian_changes"]
 
 _DOMINANT = 0.5      # rows with r_u > _DOMINANT * a_s on one of their slots: direct recompute
 _DIRECT_ROWS = 16    # up to this many of them by full Hessians, more by the complex step
-_TABLE_ELEMENTS = 2**26  # series prefix tables of all terms kept when at most this many numbers
+_TABLE_ELEMENTS = 2**27  # series prefix tables of all terms kept up to this many numbers (1 GiB)
 _MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
 _SHARED_GROUP = 4        # rows of a block per group from which the series is one product per group
 _GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
@@ -266,7 +266,7 @@ class CoxHessianChanges:
         cum = segment_cumsum(per_group.T, seg_starts).T
         totals = cum[np.append(seg_starts[1:], n_groups) - 1]
         carry = np.zeros_like(totals)
-        factor = _BLOCK ** (-j * self.gap)
+        factor = _BLOCK ** (-j * np.maximum(self.gap, 0))  # (gap < 0: new stratum)
         for step in range(1, self.rank.max() + 1):
             now = np.flatnonzero(self.rank == step)
             carry[now] = factor[now, None] * (carry[now - 1] + totals[now - 1])
