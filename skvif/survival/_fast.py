@@ -40,7 +40,7 @@ import weakref
 
 import numpy as np
 import scipy.sparse
-from scipy.special import digamma
+from scipy.special import digamma, polygamma
 
 from .._blas import single_blas_thread, single_threaded_blas
 from .._engine import unit_rows
@@ -440,56 +440,75 @@ class _OwnGroupChange:
 
 @functools.lru_cache(maxsize=1024)
 def _efron_power_sums(size):
-    """``sum_{k < size} (k / size)^j`` for ``j = 0.._EFRON_TERMS`` (read-only)."""
+    """``sum_{k < size} (k / size)^j`` for ``j = 0.._EFRON_TERMS + 2`` (read-only)."""
     f = np.arange(size) / size
     power = np.ones(size)
-    out = np.empty(_EFRON_TERMS + 1)
-    for j in range(_EFRON_TERMS + 1):
+    out = np.empty(_EFRON_TERMS + 3)
+    for j in range(out.size):
         out[j] = power.sum()
         power *= f
     out.flags.writeable = False
     return out
 
 
-def _efron_sums(s0, d0, d):
-    """``sum_{k<d} 1 / (s0 - f_k d0)`` and ``sum_{k<d} f_k / (s0 - f_k d0)``, ``f_k = k / d``.
+def _efron_sums(s0, d0, d, squares=False):
+    """Efron sums over ``k < d`` (``f_k = k / d``, ``a_k = s0 - f_k d0``), shape (2 or 5, ...).
 
-    Summed slot by slot for small ``d``; for large ``d`` a series in
-    ``d0 / s0`` with exact power sums of ``k / d`` when that ratio is small,
-    the digamma closed form otherwise. The closed form alone cancels
-    catastrophically when ``d0 << s0`` (low-risk tied deaths).
+    ``sum 1/a_k, sum f_k/a_k`` and, with ``squares``, ``sum 1/a_k^2, sum
+    f_k/a_k^2, sum f_k^2/a_k^2``: slot by slot for ``d <= _DIRECT``; for
+    larger ``d`` the series in ``q = d0 / s0`` (``1/a = sum_j q^j f^j / s0``,
+    ``1/a^2 = sum_j (j+1) q^j f^j / s0^2``) with exact power sums of ``k / d``
+    when ``|q| <= 1/2``, the digamma (and trigamma) closed forms otherwise. The
+    closed forms alone cancel catastrophically when ``d0 << s0`` (low-risk
+    tied deaths).
     """
     d = d.astype(np.intp)
-    inv_sum = np.zeros(s0.shape, dtype=np.result_type(s0, d0))
-    frac_sum = np.zeros_like(inv_sum)
+    out = np.zeros((5 if squares else 2,) + s0.shape, dtype=np.result_type(s0, d0))
     small = np.flatnonzero((d > 0) & (d <= _DIRECT))
     for k in range(int(d[small].max()) if small.size else 0):
         rows = small[d[small] > k]
         f = k / d[rows]
-        term = 1.0 / (s0[rows] - f * d0[rows])
-        inv_sum[rows] += term
-        frac_sum[rows] += f * term
+        inv = 1.0 / (s0[rows] - f * d0[rows])
+        out[0, rows] += inv
+        out[1, rows] += f * inv
+        if squares:
+            inv2 = inv * inv
+            out[2, rows] += inv2
+            out[3, rows] += f * inv2
+            out[4, rows] += f * f * inv2
     large = np.flatnonzero(d > _DIRECT)
     ratio = d0[large] / s0[large]
     near = np.abs(ratio) <= 0.5
     series = large[near]
     if series.size:
-        # sum_j q^j P_j(d) with the power sums P_j(d) = sum_{k<d} (k/d)^j of each size
         sizes, which = np.unique(d[series], return_inverse=True)
-        power_sums = np.stack([_efron_power_sums(int(size)) for size in sizes])[
-            np.ravel(which)]
+        P = np.stack([_efron_power_sums(int(size)) for size in sizes])[np.ravel(which)]
         q = ratio[near]
-        inv, frac = np.zeros_like(q), np.zeros_like(q)
-        for j in range(_EFRON_TERMS - 1, -1, -1):  # Horner
-            inv = inv * q + power_sums[:, j]
-            frac = frac * q + power_sums[:, j + 1]
-        inv_sum[series], frac_sum[series] = inv / s0[series], frac / s0[series]
+        sums = np.zeros((out.shape[0], q.size), dtype=out.dtype)
+        power = np.ones_like(q)
+        for j in range(_EFRON_TERMS + 1):
+            sums[0] += power * P[:, j]
+            sums[1] += power * P[:, j + 1]
+            if squares:
+                sums[2] += (j + 1) * power * P[:, j]
+                sums[3] += (j + 1) * power * P[:, j + 1]
+                sums[4] += (j + 1) * power * P[:, j + 2]
+            power = power * q
+        s = s0[series]
+        out[:2, series] = sums[:2] / s
+        out[2:, series] = sums[2:] / s ** 2
     far = large[~near]
     if far.size:
-        dd, z = d[far], d[far] * s0[far] / d0[far]
-        inv_sum[far] = dd / d0[far] * (digamma(z + 1) - digamma(z - dd + 1))
-        frac_sum[far] = (s0[far] * inv_sum[far] - dd) / d0[far]
-    return inv_sum, frac_sum
+        dd, s, q0 = d[far], s0[far], d0[far]
+        z = dd * s / q0
+        e1 = dd / q0 * (digamma(z + 1) - digamma(z - dd + 1))
+        out[0, far], out[1, far] = e1, (s * e1 - dd) / q0
+        if squares:
+            e2 = (dd / q0) ** 2 * (polygamma(1, z - dd + 1) - polygamma(1, z + 1))
+            out[2, far] = e2
+            out[3, far] = (s * e2 - e1) / q0
+            out[4, far] = (s * s * e2 - 2 * s * e1 + dd) / q0 ** 2
+    return out
 
 
 def _decreasing_sums(st):

@@ -31,11 +31,10 @@ Matrices are kept flattened (``p * p`` numbers per group or row).
 """
 
 import numpy as np
-from scipy.special import digamma, polygamma
 
-from ._fast import (_BLOCK, _DIRECT, _EFRON_TERMS, _RATIO, _TERMS,
-                    _Statistics, _SortedDesign, _group_intervals, _pair_chunks,
-                    _series_cut, gradient_and_hessian, hessian_changes)
+from ._fast import (_BLOCK, _RATIO, _TERMS, _efron_sums, _group_intervals, _pair_chunks,
+                    _series_cut, _SortedDesign, _Statistics, gradient_and_hessian,
+                    hessian_changes)
 from ._objective import segment_cumsum
 
 __all__ = ["CoxHessianChanges", "closed_form_hessian_changes"]
@@ -81,64 +80,6 @@ def _grouped_moments(X, r, rows, starts):
         local[0] = 0
         sums = np.add.reduceat(values, local, axis=0)
         out[first:last + 1] += sums
-    return out
-
-
-def _efron_sums2(s0, d0, d):
-    """Efron sums over ``k < d`` (``f_k = k / d``, ``a_k = s0 - f_k d0``).
-
-    Returns ``sum 1/a_k, sum f_k/a_k, sum 1/a_k^2, sum f_k/a_k^2, sum f_k^2/a_k^2``:
-    slot by slot for ``d <= _DIRECT``; for larger ``d`` the series in
-    ``q = d0 / s0`` (``1/a = sum_j q^j f^j / s0``, ``1/a^2 = sum_j (j+1) q^j
-    f^j / s0^2``) with exact power sums of ``k / d`` when ``|q| <= 1/2``, the
-    digamma and trigamma closed forms otherwise.
-    """
-    d = d.astype(np.intp)
-    out = np.zeros((5,) + s0.shape, dtype=np.result_type(s0, d0))
-    small = np.flatnonzero((d > 0) & (d <= _DIRECT))
-    for k in range(int(d[small].max()) if small.size else 0):
-        rows = small[d[small] > k]
-        f = k / d[rows]
-        inv = 1.0 / (s0[rows] - f * d0[rows])
-        inv2 = inv * inv
-        out[0, rows] += inv
-        out[1, rows] += f * inv
-        out[2, rows] += inv2
-        out[3, rows] += f * inv2
-        out[4, rows] += f * f * inv2
-    large = np.flatnonzero(d > _DIRECT)
-    ratio = d0[large] / s0[large]
-    near = np.abs(ratio) <= 0.5
-    series = large[near]
-    if series.size:
-        sizes, which = np.unique(d[series], return_inverse=True)
-        f = np.concatenate([np.arange(size) / size for size in sizes])
-        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        P = np.stack([np.add.reduceat(f ** j, first)
-                      for j in range(_EFRON_TERMS + 3)], axis=1)[np.ravel(which)]
-        q = ratio[near]
-        sums = np.zeros((5, q.size), dtype=out.dtype)
-        power = np.ones_like(q)
-        for j in range(_EFRON_TERMS + 1):
-            sums[0] += power * P[:, j]
-            sums[1] += power * P[:, j + 1]
-            sums[2] += (j + 1) * power * P[:, j]
-            sums[3] += (j + 1) * power * P[:, j + 1]
-            sums[4] += (j + 1) * power * P[:, j + 2]
-            power = power * q
-        s = s0[series]
-        out[0, series], out[1, series] = sums[0] / s, sums[1] / s
-        out[2:, series] = sums[2:] / s ** 2
-    far = large[~near]
-    if far.size:
-        dd, s, q0 = d[far], s0[far], d0[far]
-        z = dd * s / q0
-        e1 = dd / q0 * (digamma(z + 1) - digamma(z - dd + 1))
-        e2 = (dd / q0) ** 2 * (polygamma(1, z - dd + 1) - polygamma(1, z + 1))
-        out[0, far], out[2, far] = e1, e2
-        out[1, far] = (s * e1 - dd) / q0
-        out[3, far] = (s * e2 - e1) / q0
-        out[4, far] = (s * s * e2 - 2 * s * e1 + dd) / q0 ** 2
     return out
 
 
@@ -372,7 +313,8 @@ class CoxHessianChanges:
         else:
             d_new = st.n_present[g] - 1
             some = d_new > 0
-            E = _efron_sums2(np.where(some, s0, 1.0), np.where(some, d0, 1.0), d_new)
+            E = _efron_sums(np.where(some, s0, 1.0), np.where(some, d0, 1.0), d_new,
+                            squares=True)
             weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
         self.own_index = np.full(rs.n_samples, -1, dtype=np.intp)
         self.own_index[u] = np.arange(u.size)
