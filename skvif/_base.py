@@ -11,6 +11,7 @@ from sklearn.utils.validation import _num_samples, check_is_fitted, validate_dat
 from ._blas import single_threaded_blas
 from ._engine import METHODS, SOLVERS, check_choice, check_nonnegative
 
+
 def row_labels(X):
     """Index of a DataFrame, else ``0..n-1``."""
     if hasattr(X, "index") and hasattr(X, "columns"):

@@ -1181,8 +1181,9 @@ def _newton_chunk(chunk, *, loss, lossb, theta, n, damping, krylov, saddle_free,
     P = np.tile(theta, (len(chunk), 1))
     g = _batch_grad(lossb, P, W)
     if krylov:
+        # (the full-data preconditioner is not H_-u's)
         options = {key: value for key, value in solver_options.items()
-                   if key in ("cg_rtol", "cg_maxiter")}  # (the full-data preconditioner is not H_-u's)
+                   if key in ("cg_rtol", "cg_maxiter")}
         return np.column_stack([-np.stack([
             HessianSolver(loss, theta, W[i], solver=krylov, damping=damping,
                           **options).solve(g[i])

@@ -528,8 +528,8 @@ class _SeriesSums:
     """``sum_s values_s r_u / (a_s - r_u)`` over the slots of each row's groups before ``g_end_u``.
 
     ``values_s = sum_k coefficients[k, s] group_values[k, g(s)]``: scalars per
-    slot (K, n_slots) times vectors per group (K, n_groups, q). Needs ``r_u / a_s <= _RATIO`` on those
-    slots: ``sum_j (r_u / a_s)^(j+1) values_s``, per group ``sum_{s in g}
+    slot (K, n_slots) times vectors per group (K, n_groups, q). Needs ``r_u /
+    a_s <= _RATIO`` on those slots: ``sum_j (r_u / a_s)^(j+1) values_s``, per group ``sum_{s in g}
     values_s (a_ref / a_s)^(j+1)``, accumulated over each stratum's groups,
     with ``a_ref`` the reference of the group's normalization block (blocks a
     factor ``_BLOCK`` apart, carried from block to block by ``(a_ref' /
