@@ -887,12 +887,14 @@ class InfluenceResults:
         if local or not (krylov or self.saddle_free):
             H_full = _full_hessian(self._lossb, theta, n, self.derivatives) + damping * np.eye(
                 theta.size)
+            if self.check_indefinite or local:
+                scaled_eigenvalues = np.linalg.eigvalsh(_jacobi_scaled(H_full))
             if self.check_indefinite:
-                _warn_indefinite(np.linalg.eigvalsh(_jacobi_scaled(H_full)), stacklevel=4)
+                _warn_indefinite(scaled_eigenvalues, stacklevel=4)
         if local:
             step = partial(_local_newton_chunk, g_full=grad(self.loss)(theta, np.ones(n)),
                            H_full=H_full, grad_change=grad_change, hess_change=hess_change,
-                           scale=_hessian_scale(H_full))
+                           scale=_hessian_scale(H_full), scaled_eigenvalues=scaled_eigenvalues)
         else:
             step = partial(_newton_chunk, lossb=self._lossb, theta=theta, n=n, loss=self.loss,
                            damping=damping, krylov=krylov, saddle_free=self.saddle_free,
@@ -1144,7 +1146,8 @@ def _gradient_change_chunk(chunk, *, lossb, theta, n, g_full):
     return g_full - _batch_grad(lossb, np.tile(theta, (len(chunk), 1)), W)
 
 
-def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scale):
+def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scale,
+                        scaled_eigenvalues):
     """Newton steps from the model's closed-form gradient and Hessian changes.
 
     A unit whose scaled Hessian change is provably too small to bring an
@@ -1152,12 +1155,13 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
     (Weyl: ``lambda_min - ||dH||_F > _SINGULAR_RCOND (lambda_max + ||dH||_F)``)
     is solved by one LU solve; the others by :func:`_solve_each`'s
     eigendecomposition (the same steps to rounding, 10-20x slower).
+    ``scaled_eigenvalues``: those of ``H_full / (scale scale^T)``, ascending.
     """
     dH = hess_change(chunk)
     H, g = H_full - dH, g_full - grad_change(chunk)
-    d = np.broadcast_to(scale, (H_full.shape[0],))
+    d = scale
     outer = d[:, None] * d[None, :]
-    lam = np.linalg.eigvalsh(H_full / outer)
+    lam = scaled_eigenvalues
     spread = np.sqrt(np.sum((dH / outer) ** 2, axis=(1, 2)))
     safe = (np.all(np.isfinite(H), axis=(1, 2)) & np.all(np.isfinite(g), axis=1)
             & (lam[0] - spread > _SINGULAR_RCOND * (lam[-1] + spread)) & (lam[0] > spread))

@@ -317,7 +317,8 @@ def test_local_newton_solve_fast_path_matches_eigendecomposition():
     scale = _engine._hessian_scale(H_full)
     out = _engine._local_newton_chunk(list(range(k)), g_full=g_full, H_full=H_full,
                                       grad_change=lambda c: dg, hess_change=lambda c: dH,
-                                      scale=scale)
+                                      scale=scale, scaled_eigenvalues=np.linalg.eigvalsh(
+                                          _engine._jacobi_scaled(H_full)))
     step, singular = _engine._solve_each(H_full - dH, g_full - dg, scale)
     np.testing.assert_array_equal(out[:, -1].astype(bool), singular)
     assert singular[:5].all() and not singular[5:].any()
