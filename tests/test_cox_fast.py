@@ -277,6 +277,25 @@ def test_hessian_changes_in_blocks_equal_all_at_once(monkeypatch):
                                rtol=1e-12, atol=1e-15)
 
 
+def test_newton_without_room_for_group_moments_takes_the_complex_step(monkeypatch):
+    # where the closed form's per-group second moments would exceed their bound (many
+    # event times, many columns), newton's Hessian changes come from the complex step in
+    # blocks of rows (bounded memory): the same steps, chunks across block boundaries too
+    from skvif.survival import _fast
+    X, y, w, strata, units, rng = _adversarial(6, 90, 0, 0, 20.0, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+        closed = m.influence_(method="newton", as_frame=False)
+        monkeypatch.setattr(_fast_hessian, "_MOMENT_ELEMENTS", 0)
+        monkeypatch.setattr(_fast, "_CACHE_ELEMENTS", 13 * 9)   # blocks of 13 rows
+        monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 5 * 9)  # chunks of 5 rows
+        m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+        stepped = m.influence_(method="newton", as_frame=False)
+    assert np.isfinite(closed).all()
+    assert np.abs((stepped - closed) / np.abs(closed).max(axis=0)).max() < 1e-8
+
+
 @pytest.mark.parametrize("ties", ["efron", "breslow"])
 def test_newton_steps_unchanged_by_closed_form_hessian_changes(ties, monkeypatch):
     # all-rows method="newton" from CoxPHInfluence: the closed-form Hessian changes give

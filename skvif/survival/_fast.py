@@ -55,6 +55,7 @@ _BLOCK = 1e10       # risk-set sums within one normalization block differ by < t
 _PAIRS = 2**16      # exact (row, slot) pairs evaluated at once
 _ROWS = 2**16       # rows per chunk (temporaries of (_ROWS, p))
 _DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot
+_CACHE_ELEMENTS = 2**25  # complex-step Hessian changes are computed for blocks of this size
 _EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
 
 
@@ -866,13 +867,35 @@ class CoxDerivatives(CoxCurvature):
 
     def hessian_changes(self, units):
         # closed form (._fast_hessian): the shared per-group tables built once, on first
-        # use; each chunk of rows then costs O(k p^2)
-        with single_blas_thread(self._at[1].shape[0]):
+        # use; each chunk of rows then costs O(k p^2). Where its per-group second
+        # moments would not fit (many distinct event times and many columns), the
+        # complex step instead: p gradient-change passes per block of rows
+        from ._fast_hessian import CoxHessianChanges, group_moments_fit
+        params, X, rs = self._at[:3]
+        rows = unit_rows(units)
+        with single_blas_thread(X.shape[0]):
+            if not group_moments_fit(rs.group_time.size, params.size):
+                return self._complex_step_hessian_changes(rows)
             if "hessian_changes" not in self._cache:
-                from ._fast_hessian import CoxHessianChanges
                 self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
                                                                    design=self._design)
-            return self._cache["hessian_changes"].rows(unit_rows(units))
+            return self._cache["hessian_changes"].rows(rows)
+
+    def _complex_step_hessian_changes(self, rows):
+        # blocks of at most _CACHE_ELEMENTS numbers, the last one kept (the engine asks
+        # for consecutive chunks of rows)
+        params, X = self._at[:2]
+        size = max(1, _CACHE_ELEMENTS // params.size ** 2)
+        block = np.unique(rows // size)
+        if block.size > 1:
+            return hessian_changes(*self._at, rows=rows, design=self._design)
+        if self._cache.get("hessian_block") != block[0]:
+            self._cache["hessian"] = hessian_changes(
+                *self._at, rows=np.arange(block[0] * size, min((block[0] + 1) * size,
+                                                               X.shape[0])),
+                design=self._design)
+            self._cache["hessian_block"] = block[0]
+        return self._cache["hessian"][rows - block[0] * size]
 
     def weight_derivatives(self):
         return weight_derivatives(*self._at, design=self._design)

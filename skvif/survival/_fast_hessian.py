@@ -37,14 +37,20 @@ from ._fast import (_BLOCK, _RATIO, _TERMS, _efron_sums, _group_intervals, _pair
                     hessian_changes)
 from ._objective import segment_cumsum
 
-__all__ = ["CoxHessianChanges", "closed_form_hessian_changes"]
+__all__ = ["CoxHessianChanges", "closed_form_hessian_changes", "group_moments_fit"]
 
 _DOMINANT = 0.5      # rows with r_u > _DOMINANT * a_s on one of their slots: direct recompute
 _DIRECT_ROWS = 16    # up to this many of them by full Hessians, more by the complex step
 _TABLE_ELEMENTS = 2**27  # series prefix tables of all terms kept up to this many numbers (1 GiB)
+_MOMENT_ELEMENTS = 2**27  # the five per-group (n_groups, p^2) second-moment arrays, at most
 _MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
 _SHARED_GROUP = 4        # rows of a block per group from which the series is one product per group
 _GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
+
+
+def group_moments_fit(n_groups, p):
+    """Whether :class:`CoxHessianChanges`' per-group second moments fit ``_MOMENT_ELEMENTS``."""
+    return 5 * n_groups * p * p <= _MOMENT_ELEMENTS
 
 
 def _outer(a, b):
@@ -345,23 +351,29 @@ class CoxHessianChanges:
         out[here] = self.before[g] - after
         return out
 
-    def _special_rows(self):
-        """Direct ``H(all) - H(without u)`` of the rows dominating a slot, (k, p, p)."""
+    def _special_rows(self, positions):
+        """Direct ``H(all) - H(without u)`` of ``self.special[positions]``, (k, p, p).
+
+        All of them are computed (and kept) at once when they hold at most
+        ``_TABLE_ELEMENTS`` numbers; otherwise those asked for, each time.
+        """
+        if self.special.size * self.pp > _TABLE_ELEMENTS:
+            return self._direct_changes(self.special[positions])
         if self._special_cache is None:
-            params, X, rs, w, ties, design = self._args
-            rows = self.special
-            if rows.size > _DIRECT_ROWS:
-                values = hessian_changes(params, X, rs, w, ties, rows=rows, design=design)
-            else:
-                H = gradient_and_hessian(params, X, rs, w, ties, 0.0, design)[1]
-                values = np.empty((rows.size, self.p, self.p))
-                for i, u in enumerate(rows):
-                    keep = w.copy()
-                    keep[u] = 0.0
-                    values[i] = H - gradient_and_hessian(params, X, rs, keep, ties, 0.0,
-                                                         design)[1]
-            self._special_cache = values
-        return self._special_cache
+            self._special_cache = self._direct_changes(self.special)
+        return self._special_cache[positions]
+
+    def _direct_changes(self, rows):
+        params, X, rs, w, ties, design = self._args
+        if rows.size > _DIRECT_ROWS:
+            return hessian_changes(params, X, rs, w, ties, rows=rows, design=design)
+        H = gradient_and_hessian(params, X, rs, w, ties, 0.0, design)[1]
+        values = np.empty((rows.size, self.p, self.p))
+        for i, u in enumerate(rows):
+            keep = w.copy()
+            keep[u] = 0.0
+            values[i] = H - gradient_and_hessian(params, X, rs, keep, ties, 0.0, design)[1]
+        return values
 
     def rows(self, rows):
         """``H(all) - H(without row u)`` for ``rows``, shape (k, p, p)."""
@@ -375,7 +387,7 @@ class CoxHessianChanges:
                                  & (self.special[np.minimum(where, self.special.size - 1)]
                                     == rows))
             if hit.size:
-                out[hit] = self._special_rows()[where[hit]]
+                out[hit] = self._special_rows(where[hit])
         return out
 
 
