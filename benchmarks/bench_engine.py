@@ -225,8 +225,8 @@ def dattri_one(args):
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.set_default_dtype(torch.float64)
-    row = {"installed": True, "dattri": version("dattri"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "max_iter": args.dattri_max_iter[0]}
+    row = {"installed": True, "dattri": version("dattri"), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "max_iter": args.dattri_max_iter[0]}
     p, n = args.params, 200
     X, y, X_test = generic_problem(p, n, args.seed)
     saved = np.load(args.save)
