@@ -3,6 +3,7 @@
 import warnings
 
 import numpy as np
+import scipy.linalg
 import pytest
 from autograd import grad, hessian, jacobian
 from hypothesis import Phase, given, settings, strategies as st
@@ -319,16 +320,22 @@ def test_newton_steps_unchanged_by_closed_form_hessian_changes(ties, monkeypatch
     assert np.abs((fast - ref) / np.abs(ref).max(axis=0)).max() < 1e-8
 
 
-def test_local_newton_solve_fast_path_matches_eigendecomposition():
-    # the engine's LU solves (Weyl's bound: the unit's Hessian is well away from singular)
-    # give _solve_each's steps; units near or at singular still go through it and are flagged
+def test_local_newton_solve_fast_path_matches_eigendecomposition(monkeypatch):
+    # the engine's fixed-point (Neumann) and LU solves (Weyl's bound: the unit's Hessian
+    # is well away from singular) give _solve_each's steps; units near or at singular
+    # still go through it and are flagged
     rng = np.random.default_rng(11)
-    p, k = 5, 40
+    p, k = 5, 60
     A = rng.normal(size=(p, p))
     units = 10.0 ** rng.uniform(-3, 3, size=p)
     H_full = (A @ A.T + p * np.eye(p)) * np.outer(units, units)
-    dH = 1e-3 * rng.normal(size=(k, p, p)) * np.outer(units, units)
+    # changes from 1e-7 to 0.3 of the Hessian: a few fixed-point steps, many, or LU
+    size = 10.0 ** rng.uniform(-7, -0.5, size=(k, 1, 1))
+    dH = size * rng.normal(size=(k, p, p)) * np.outer(units, units)
     dH = dH + np.swapaxes(dH, 1, 2)
+    solves = []
+    cho_solve = scipy.linalg.cho_solve
+    monkeypatch.setattr(scipy.linalg, "cho_solve", lambda *a: solves.append(1) or cho_solve(*a))
     dH[:5] = H_full                       # removing the unit leaves no curvature: singular
     dH[5:10] = 0.9 * H_full               # not covered by the bound: eigendecomposition
     g_full = rng.normal(size=p) * units
@@ -341,4 +348,5 @@ def test_local_newton_solve_fast_path_matches_eigendecomposition():
     step, singular = _engine._solve_each(H_full - dH, g_full - dg, scale)
     np.testing.assert_array_equal(out[:, -1].astype(bool), singular)
     assert singular[:5].all() and not singular[5:].any()
-    np.testing.assert_allclose(out[:, :-1], -step, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(out[:, :-1], -step, rtol=1e-12, atol=0)
+    assert solves   # the fixed-point path ran

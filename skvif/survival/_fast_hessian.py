@@ -250,11 +250,10 @@ class CoxHessianChanges:
             by_group = np.argsort(last, kind="stable")
             powers = powers[by_group]
             bounds = np.append(np.searchsorted(last[by_group], groups), keep.size)
-            grouped = np.empty_like(sums)
             for i, g in enumerate(groups):
                 lo, hi = bounds[i], bounds[i + 1]
-                np.matmul(powers[lo:hi], self._stack[g], out=grouped[lo:hi])
-            sums[by_group] = grouped
+                np.matmul(powers[lo:hi], self._stack[g], out=sums[lo:hi])
+            keep = keep[by_group]   # the rows' order from here on
             groups = ()   # done
         for j in range(1, _TERMS + 1 if len(groups) else 1):
             k = np.count_nonzero(needed >= j)
@@ -265,17 +264,18 @@ class CoxHessianChanges:
                      else self._table(j)[last[:k]])
             sums[:k] += power[:k, None] * table
         x = st.X[rows[keep]]
-        v = sums[:, q:q + p]
-        # sca x x^T - x v^T - v x^T (symmetrized with the other terms in rows())
-        out[keep] = sums[:, :q] + _outer(x, sums[:, -1:] * x - v) - _outer(v, x)
+        # sca x x^T - x v^T - v x^T = x h^T + h x^T with h = sca x / 2 - v: one product
+        h = 0.5 * sums[:, -1:] * x - sums[:, q:q + p]
+        matrices = sums[:, :q].reshape(-1, p, p)
+        matrices += np.matmul(np.stack([x, h], axis=2), np.stack([h, x], axis=1))
+        out[keep] = sums[:, :q]
         return out
 
-    def _exact(self, rows):
-        """Slots from each row's cut to its own time, pair by pair, flattened (k, p^2)."""
+    def _add_exact(self, rows, out):
+        """Add the slots from each row's cut to its own time, pair by pair, to ``out`` (k, p^2)."""
         st = self.st
         lo, hi = st.bounds[self.cut[rows]], st.bounds[self.g_hi[rows]]
         counts = np.where(st.r[rows] > 0, np.maximum(hi - lo, 0), 0)
-        out = np.zeros((rows.size, self.pp), dtype=st.r.dtype)
         for first, stop in _pair_chunks(counts):
             k = counts[first:stop]
             u = np.repeat(rows[first:stop], k)
@@ -295,7 +295,6 @@ class CoxHessianChanges:
             nonempty = np.flatnonzero(k > 0)
             out[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
                                                      axis=0)
-        return out
 
     def _setup_own(self):
         """Per dying row: its group's Efron sums without it and the slot weight (once)."""
@@ -326,30 +325,31 @@ class CoxHessianChanges:
         self.own_index[u] = np.arange(u.size)
         self.own_E = weight * E          # (5, n_dying): the slot weight times the sums
 
-    def _own(self, rows):
-        """Own tie group before minus after removing each dying row, flattened (k, p^2).
+    def _add_own(self, rows, out):
+        """Add the own tie group's before minus after removing each dying row to ``out``.
 
         After: ``c' [S2' E0 - D2' E1 - s1' s1'^T E2 + (s1' d1'^T + d1' s1'^T) E3 -
         d1' d1'^T E4]`` with the group's sums without the row (primes).
         """
-        st = self.st
-        out = np.zeros((rows.size, self.pp), dtype=st.r.dtype)
+        st, p = self.st, self.p
         here = np.flatnonzero(self.own_index[rows] >= 0)
         if here.size == 0:
-            return out
+            return
         u = rows[here]
         g = self.own_group[u]
         E = self.own_E[:, self.own_index[u]]
         ru, x = st.r[u], st.X[u]
         rx = ru[:, None] * x
         s1, d1 = st.S1[:, g].T - rx, st.D1[:, g].T - rx
-        # (S2 - r x x^T) E0 - (D2 - r x x^T) E1, and the mean terms as two products
-        after = (self.S2[g] * E[0][:, None] - self.D2[g] * E[1][:, None]
-                 - _outer(rx * (E[0] - E[1])[:, None], x)
-                 - _outer(E[2][:, None] * s1 - E[3][:, None] * d1, s1)
-                 + _outer(E[3][:, None] * s1 - E[4][:, None] * d1, d1))
-        out[here] = self.before[g] - after
-        return out
+        # before - (S2 - r x x^T) E0 + (D2 - r x x^T) E1 - (the mean terms): the rank-one
+        # terms as one (k, p, 3) @ (k, 3, p) product
+        change = self.before[g]
+        change -= self.S2[g] * E[0][:, None]
+        change += self.D2[g] * E[1][:, None]
+        left = np.stack([rx * (E[0] - E[1])[:, None], E[2][:, None] * s1 - E[3][:, None] * d1,
+                         E[4][:, None] * d1 - E[3][:, None] * s1], axis=2)
+        change.reshape(-1, p, p)[...] += np.matmul(left, np.stack([x, s1, d1], axis=1))
+        out[here] += change
 
     def _special_rows(self, positions):
         """Direct ``H(all) - H(without u)`` of ``self.special[positions]``, (k, p, p).
@@ -378,9 +378,10 @@ class CoxHessianChanges:
     def rows(self, rows):
         """``H(all) - H(without row u)`` for ``rows``, shape (k, p, p)."""
         rows = np.asarray(rows, dtype=np.intp)
-        flat = self._series(rows) + self._exact(rows) + self._own(rows)
-        out = flat.reshape(rows.size, self.p, self.p)
-        out = 0.5 * (out + np.swapaxes(out, 1, 2))
+        flat = self._series(rows)
+        self._add_exact(rows, flat)
+        self._add_own(rows, flat)
+        out = flat.reshape(rows.size, self.p, self.p)   # symmetric to rounding
         if self.special.size:
             where = np.searchsorted(self.special, rows)
             hit = np.flatnonzero((where < self.special.size)
