@@ -52,10 +52,12 @@ _POLISH_STEPS = 5
 _POLISH_CG_MAXITER = 500  # conjugate-gradient iterations of one polishing step
 # Leave-out problems evaluated together hold about this many weights at once.
 _CHUNK_ELEMENTS = 2**21
+_LOCAL_MIN_ROWS = 2**12
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
 # is treated as singular.
 _SINGULAR_RCOND = 1e-12
 _NEUMANN_MAX_STEPS = 8   # fixed-point steps of a chunk's local Newton solves, at most
+_NEUMANN_RTOL = 1e-15    # ... until the error bound is below this, relative
 
 
 class ModelDerivatives:
@@ -772,8 +774,11 @@ class InfluenceResults:
 
     @property
     def _local_size(self):
-        # chunks of the local fast paths: about _CHUNK_ELEMENTS numbers in (k, p, p)
-        return max(1, _CHUNK_ELEMENTS // (self.n_params * self.n_params))
+        # chunks of the local fast paths: about _CHUNK_ELEMENTS numbers in (k, p, p), or
+        # up to 4x that for at least _LOCAL_MIN_ROWS units (models share per-group work
+        # between the units of a chunk)
+        pp = self.n_params * self.n_params
+        return max(1, _CHUNK_ELEMENTS // pp, min(_LOCAL_MIN_ROWS, 4 * _CHUNK_ELEMENTS // pp))
 
     # ------------------------------------------------------------ solves
     def hessian_solver(self, n_rhs=None, kind=None):
@@ -1154,13 +1159,14 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
     With ``A`` the (scaled, positive definite) full-data Hessian and ``dH`` a
     unit's scaled change, ``rho = ||dH||_F / lambda_min(A)`` bounds the
     contraction of the fixed-point iteration ``s <- H_full^-1 (g + dH s)`` (the
-    Neumann series of ``(H_full - dH)^-1``), whose error after ``K`` steps is
-    at most ``rho^(K+1)`` relative. Units it brings to rounding (``rho^(K+1)
-    <= eps``) within the chunk's ``K`` steps (enough for 90% of them, at most
-    ``_NEUMANN_MAX_STEPS``) are solved so: ``K`` products with ``dH`` and
-    triangular solves with the one Cholesky factor, ``O(K p^2)`` each, against
-    an ``O(p^3)`` factorization per unit. Of the others, a unit whose change
-    is provably too small to bring an eigenvalue near zero (Weyl:
+    Neumann series of ``(H_full - dH)^-1``), so the error after a step is at
+    most ``rho / (1 - rho)`` times the step. Units with ``rho < 1/2`` are
+    iterated (products with ``dH`` and triangular solves with one Cholesky
+    factor, ``O(p^2)`` each, against an ``O(p^3)`` factorization per unit)
+    until that bound is below ``_NEUMANN_RTOL`` relative, for at most
+    ``_NEUMANN_MAX_STEPS`` steps or until 97% of them are there. Of the
+    others, a unit whose change is
+    provably too small to bring an eigenvalue near zero (Weyl:
     ``lambda_min - ||dH||_F > _SINGULAR_RCOND (lambda_max + ||dH||_F)``) is
     solved by one LU solve; the rest by :func:`_solve_each`'s
     eigendecomposition (the same steps to rounding, 10-20x slower).
@@ -1177,19 +1183,25 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
         safe = (finite & (lam[0] - spread > _SINGULAR_RCOND * (lam[-1] + spread))
                 & (lam[0] > spread))
         rho = np.where(safe, spread / lam[0], 1.0)
-        needed = np.ceil(np.log(np.finfo(float).eps) / np.log(np.clip(rho, 1e-300, 0.5))) - 1
     step = np.empty(g.shape)
     singular = np.zeros(g.shape[0], dtype=bool)
     fixed_point = safe & (rho < 0.5)
     if fixed_point.any():
-        steps = int(min(np.quantile(needed[fixed_point], 0.9), _NEUMANN_MAX_STEPS))
-        fixed_point &= needed <= steps
         factor = scipy.linalg.cho_factor(H_full)
         solve = lambda b: scipy.linalg.cho_solve(factor, b.T).T
+        ratio = rho / (1.0 - np.minimum(rho, 0.5))
         with np.errstate(all="ignore"):   # (units beyond the bound are redone below)
             s = solve(g)
-            for _ in range(max(steps, 0)):
-                s = solve(g + np.einsum("kij,kj->ki", dH, s))
+            for _ in range(_NEUMANN_MAX_STEPS):
+                s_next = solve(g + np.matmul(dH, s[:, :, None])[:, :, 0])
+                # the error after a step is at most ratio times the step (scaled norms)
+                done = (ratio * np.linalg.norm((s_next - s) * d, axis=1)
+                        <= _NEUMANN_RTOL * np.linalg.norm(s_next * d, axis=1))
+                s = s_next
+                # (the last few units cost less by LU than by more steps for all)
+                if np.count_nonzero(fixed_point & ~done) <= 0.03 * fixed_point.sum():
+                    break
+        fixed_point &= done
         step[fixed_point] = s[fixed_point]
     rest = ~fixed_point
     lu = safe & rest

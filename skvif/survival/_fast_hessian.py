@@ -195,10 +195,16 @@ class CoxHessianChanges:
         self.rank = rank
         self.gap = np.zeros(seg_starts.size)
         self.gap[1:] = block[seg_starts[1:]] - block[seg_starts[:-1]]
-        size = _TERMS * n_groups * (self.pp + self.p + 1)
-        # every term's table, (n_groups, terms, values), or None: rebuilt per block of rows
-        self._stack = (np.stack([self._table(j) for j in range(1, _TERMS + 1)], axis=1)
-                       if size <= _TABLE_ELEMENTS else None)
+        q = self.pp
+        # every term's table, (n_groups, terms, values) split in the matrix part and the
+        # vector and scalar part (contiguous products), or None: rebuilt per block of rows
+        self._stack = None
+        if _TERMS * n_groups * (q + self.p + 1) <= _TABLE_ELEMENTS:
+            self._stack = (np.empty((n_groups, _TERMS, q)),
+                           np.empty((n_groups, _TERMS, self.p + 1)))
+            for j in range(1, _TERMS + 1):
+                table = self._table(j)
+                self._stack[0][:, j - 1], self._stack[1][:, j - 1] = table[:, :q], table[:, q:]
 
     def _table(self, j):
         """Prefix sums (with the carried blocks) of term ``j``: (n_groups, p^2 + p + 1)."""
@@ -221,55 +227,88 @@ class CoxHessianChanges:
 
     # ----------------------------------------------------------------------
     def _series(self, rows):
-        """Series part over each row's groups ``[g_lo, cut)``, flattened (k, p^2)."""
+        """Series part over each row's groups ``[g_lo, cut)``, flattened (k, p^2).
+
+        Where many rows share a group, one product per group, which also adds the
+        own tie group's terms (:meth:`_add_own`) of the dying rows whose series ends
+        just before it; also returns which rows these were (boolean, (k,)).
+        """
         st, q, p = self.st, self.pp, self.p
-        out = np.zeros((rows.size, q), dtype=st.r.dtype)
+        out = np.zeros((rows.size, q))
+        own_done = np.zeros(rows.size, dtype=bool)
         if self.n_groups == 0:
-            return out
+            return out, own_done
         rs = st.rs
         g_end = self.cut[rows]
         keep = np.flatnonzero((g_end > self.group_start[rs.row_stratum[rows]])
                               & (st.r[rows] > 0))
         if keep.size == 0:
-            return out
+            return out, own_done
         last = g_end[keep] - 1
         bound = st.r[rows[keep]] / self.envelope[last]
         needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
-        by_need = np.argsort(-needed, kind="stable")   # rows needing more terms first
-        keep, last, needed = keep[by_need], last[by_need], needed[by_need]
-        u = st.r[rows[keep]] / np.exp(self.log_ref[last])
-        sums = np.zeros((keep.size, q + p + 1), dtype=out.dtype)
-        power = np.ones(keep.size)
-        groups, first = np.unique(last, return_index=True)
+        groups = np.unique(last)
+        mat, vec = np.zeros((keep.size, q)), np.zeros((keep.size, p + 1))
         if self._stack is not None and groups.size * _SHARED_GROUP <= keep.size:
             # many rows per group: (rows of a group x terms) @ (terms x values), one product
-            # per group; powers u^j where the row needs term j, 0 beyond
+            # per group; powers u^j where the row needs term j, 0 beyond. Within a group the
+            # dying rows whose own group comes next first: their own terms by one more product
+            u = rows[keep]
+            aligned = self.own_group[u] == last + 1
+            by_group = np.lexsort((~aligned, last))
+            keep, last, needed, aligned = (keep[by_group], last[by_group], needed[by_group],
+                                           aligned[by_group])
+            u = rows[keep]
+            own_done[keep[aligned]] = True
+            E = self.own_E[:, self.own_index[u[aligned]]]
+            own_coef = np.zeros((keep.size, 3))
+            own_coef[aligned] = np.column_stack([np.ones(E.shape[1]), -E[0], E[1]])
             terms = np.arange(1, _TERMS + 1)
             powers = np.where(terms <= needed[:, None],
-                              u[:, None] ** terms, 0.0)                     # (k, J)
-            by_group = np.argsort(last, kind="stable")
-            powers = powers[by_group]
-            bounds = np.append(np.searchsorted(last[by_group], groups), keep.size)
+                              (st.r[u] / np.exp(self.log_ref[last]))[:, None] ** terms, 0.0)
+            bounds = np.append(np.searchsorted(last, groups), keep.size)
+            n_aligned = np.add.reduceat(aligned, bounds[:-1]) if keep.size else bounds[:-1]
             for i, g in enumerate(groups):
                 lo, hi = bounds[i], bounds[i + 1]
-                np.matmul(powers[lo:hi], self._stack[g], out=sums[lo:hi])
-            keep = keep[by_group]   # the rows' order from here on
-            groups = ()   # done
-        for j in range(1, _TERMS + 1 if len(groups) else 1):
-            k = np.count_nonzero(needed >= j)
-            if k == 0:
-                break
-            power[:k] *= u[:k]
-            table = (self._stack[last[:k], j - 1] if self._stack is not None
-                     else self._table(j)[last[:k]])
-            sums[:k] += power[:k, None] * table
+                np.matmul(powers[lo:hi], self._stack[0][g], out=mat[lo:hi])
+                np.matmul(powers[lo:hi], self._stack[1][g], out=vec[lo:hi])
+                if n_aligned[i]:
+                    top = lo + n_aligned[i]
+                    mat[lo:top] += own_coef[lo:top] @ np.stack(
+                        [self.before[g + 1], self.S2[g + 1], self.D2[g + 1]])
+            left, right = self._own_rank_three(u[aligned], self.own_group[u[aligned]])
+        else:
+            by_need = np.argsort(-needed, kind="stable")   # rows needing more terms first
+            keep, last, needed = keep[by_need], last[by_need], needed[by_need]
+            u = st.r[rows[keep]] / np.exp(self.log_ref[last])
+            power = np.ones(keep.size)
+            for j in range(1, _TERMS + 1):
+                k = np.count_nonzero(needed >= j)
+                if k == 0:
+                    break
+                power[:k] *= u[:k]
+                if self._stack is not None:
+                    mat[:k] += power[:k, None] * self._stack[0][last[:k], j - 1]
+                    vec[:k] += power[:k, None] * self._stack[1][last[:k], j - 1]
+                else:
+                    table = self._table(j)[last[:k]]
+                    mat[:k] += power[:k, None] * table[:, :q]
+                    vec[:k] += power[:k, None] * table[:, q:]
+            aligned = np.zeros(keep.size, dtype=bool)
         x = st.X[rows[keep]]
-        # sca x x^T - x v^T - v x^T = x h^T + h x^T with h = sca x / 2 - v: one product
-        h = 0.5 * sums[:, -1:] * x - sums[:, q:q + p]
-        matrices = sums[:, :q].reshape(-1, p, p)
-        matrices += np.matmul(np.stack([x, h], axis=2), np.stack([h, x], axis=1))
-        out[keep] = sums[:, :q]
-        return out
+        # sca x x^T - x v^T - v x^T = x h^T + h x^T with h = sca x / 2 - v, and the own
+        # terms' rank-three part: one (k, p, 5) @ (k, 5, p) product
+        h = 0.5 * vec[:, -1:] * x - vec[:, :p]
+        factors = np.zeros((keep.size, p, 5))
+        factors[:, :, 0], factors[:, :, 1] = x, h
+        weights = np.empty((keep.size, 5, p))
+        weights[:, 0], weights[:, 1] = h, x
+        weights[:, 2:] = 0.0
+        if aligned.any():
+            factors[aligned, :, 2:], weights[aligned, 2:] = left, right
+        mat += np.matmul(factors, weights).reshape(keep.size, q)
+        out[keep] = mat
+        return out, own_done
 
     def _add_exact(self, rows, out):
         """Add the slots from each row's cut to its own time, pair by pair, to ``out`` (k, p^2)."""
@@ -325,30 +364,39 @@ class CoxHessianChanges:
         self.own_index[u] = np.arange(u.size)
         self.own_E = weight * E          # (5, n_dying): the slot weight times the sums
 
-    def _add_own(self, rows, out):
+    def _own_rank_three(self, u, g):
+        """The mean terms of :meth:`_add_own` for dying rows ``u`` of groups ``g``.
+
+        As ``left @ right``, (k, p, 3) and (k, 3, p).
+        """
+        st = self.st
+        E = self.own_E[:, self.own_index[u]]
+        ru, x = st.r[u], st.X[u]
+        rx = ru[:, None] * x
+        s1, d1 = st.S1[:, g].T - rx, st.D1[:, g].T - rx
+        left = np.stack([rx * (E[0] - E[1])[:, None], E[2][:, None] * s1 - E[3][:, None] * d1,
+                         E[4][:, None] * d1 - E[3][:, None] * s1], axis=2)
+        return left, np.stack([x, s1, d1], axis=1)
+
+    def _add_own(self, rows, out, done):
         """Add the own tie group's before minus after removing each dying row to ``out``.
 
         After: ``c' [S2' E0 - D2' E1 - s1' s1'^T E2 + (s1' d1'^T + d1' s1'^T) E3 -
-        d1' d1'^T E4]`` with the group's sums without the row (primes).
+        d1' d1'^T E4]`` with the group's sums without the row (primes). Rows
+        ``done`` (boolean) already have it (:meth:`_series`).
         """
-        st, p = self.st, self.p
-        here = np.flatnonzero(self.own_index[rows] >= 0)
+        here = np.flatnonzero((self.own_index[rows] >= 0) & ~done)
         if here.size == 0:
             return
         u = rows[here]
         g = self.own_group[u]
         E = self.own_E[:, self.own_index[u]]
-        ru, x = st.r[u], st.X[u]
-        rx = ru[:, None] * x
-        s1, d1 = st.S1[:, g].T - rx, st.D1[:, g].T - rx
-        # before - (S2 - r x x^T) E0 + (D2 - r x x^T) E1 - (the mean terms): the rank-one
-        # terms as one (k, p, 3) @ (k, 3, p) product
+        # before - (S2 - r x x^T) E0 + (D2 - r x x^T) E1 - (the mean terms)
         change = self.before[g]
         change -= self.S2[g] * E[0][:, None]
         change += self.D2[g] * E[1][:, None]
-        left = np.stack([rx * (E[0] - E[1])[:, None], E[2][:, None] * s1 - E[3][:, None] * d1,
-                         E[4][:, None] * d1 - E[3][:, None] * s1], axis=2)
-        change.reshape(-1, p, p)[...] += np.matmul(left, np.stack([x, s1, d1], axis=1))
+        left, right = self._own_rank_three(u, g)
+        change += np.matmul(left, right).reshape(u.size, -1)
         out[here] += change
 
     def _special_rows(self, positions):
@@ -378,9 +426,9 @@ class CoxHessianChanges:
     def rows(self, rows):
         """``H(all) - H(without row u)`` for ``rows``, shape (k, p, p)."""
         rows = np.asarray(rows, dtype=np.intp)
-        flat = self._series(rows)
+        flat, own_done = self._series(rows)
         self._add_exact(rows, flat)
-        self._add_own(rows, flat)
+        self._add_own(rows, flat, own_done)
         out = flat.reshape(rows.size, self.p, self.p)   # symmetric to rounding
         if self.special.size:
             where = np.searchsorted(self.special, rows)
