@@ -80,6 +80,10 @@ class ModelDerivatives:
         ``H(params; 1) - H(params; w^(-u))`` likewise: with
         ``gradient_changes``, ``method="newton"`` without evaluating the full
         loss once per unit.
+    ``unit_order(units) -> (n_units,)``
+        A permutation of the units in which ``gradient_changes`` and
+        ``hessian_changes`` are best asked for (units that share the model's
+        work in the same chunks); the results keep the units' order.
     ``weight_derivatives() -> (p, n)``
         The derivatives of ``grad loss_if(params; w)`` in each weight at
         ``w = 1``: ``method="if"``.
@@ -906,7 +910,14 @@ class InfluenceResults:
                            damping=damping, krylov=krylov, saddle_free=self.saddle_free,
                            solver_options=self.solver_options,
                            scale=None if H_full is None else _hessian_scale(H_full))
-        delta = self._map(step, "newton steps", size=self._local_size if local else None)
+        order = _provided(self.derivatives, "unit_order") if local else None
+        if order is None:
+            delta = self._map(step, "newton steps", size=self._local_size if local else None)
+        else:   # chunks of units that share the model's work, results in the units' order
+            order = np.asarray(order(self.units), dtype=np.intp)
+            delta = np.empty((len(self.units), theta.size + 1))
+            delta[order] = self._map(step, "newton steps", units=_take(self.units, order),
+                                     size=self._local_size)
         return _warn_singular_newton(delta)
 
     def _refit(self, positions):

@@ -482,19 +482,30 @@ def _efron_sums(s0, d0, d, squares=False):
     near = np.abs(ratio) <= 0.5
     series = large[near]
     if series.size:
-        sizes, which = np.unique(d[series], return_inverse=True)
-        P = np.stack([_efron_power_sums(int(size)) for size in sizes])[np.ravel(which)]
         q = ratio[near]
+        # the terms each slot needs (|q|^j below rounding), those needing more first
+        needed = np.ceil(np.log(1e-18) / np.log(np.clip(np.abs(q), 1e-300, 0.5)))
+        by_need = np.argsort(-needed, kind="stable")
+        series, q, needed = series[by_need], q[by_need], needed[by_need]
+        sizes, which = np.unique(d[series], return_inverse=True)
+        which = np.ravel(which)
+        P = np.stack([_efron_power_sums(int(size)) for size in sizes])  # (n_sizes, terms)
         sums = np.zeros((out.shape[0], q.size), dtype=out.dtype)
         power = np.ones_like(q)
         for j in range(_EFRON_TERMS + 1):
-            sums[0] += power * P[:, j]
-            sums[1] += power * P[:, j + 1]
+            k = np.count_nonzero(needed > j)
+            if k == 0:
+                break
+            if j:
+                power[:k] *= q[:k]
+            P0, P1 = P[which[:k], j], P[which[:k], j + 1]
+            sums[0, :k] += power[:k] * P0
+            sums[1, :k] += power[:k] * P1
             if squares:
-                sums[2] += (j + 1) * power * P[:, j]
-                sums[3] += (j + 1) * power * P[:, j + 1]
-                sums[4] += (j + 1) * power * P[:, j + 2]
-            power = power * q
+                weighted = (j + 1) * power[:k]
+                sums[2, :k] += weighted * P0
+                sums[3, :k] += weighted * P1
+                sums[4, :k] += weighted * P[which[:k], j + 2]
         s = s0[series]
         out[:2, series] = sums[:2] / s
         out[2:, series] = sums[2:] / s ** 2
@@ -864,6 +875,13 @@ class CoxDerivatives(CoxCurvature):
         if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
             return self._cache["gradient"][rows[0]:rows[-1] + 1]  # (consecutive rows)
         return self._cache["gradient"][rows]
+
+    def unit_order(self, units):
+        # rows by stratum and time: a chunk's rows then share their groups' series terms
+        rs = self._at[2]
+        rank = np.empty(rs.n_samples, dtype=np.intp)
+        rank[rs.time_order] = np.arange(rs.n_samples)
+        return np.argsort(rank[unit_rows(units)], kind="stable")
 
     def hessian_changes(self, units):
         # closed form (._fast_hessian): the shared per-group tables built once, on first
