@@ -52,7 +52,7 @@ _POLISH_STEPS = 5
 _POLISH_CG_MAXITER = 500  # conjugate-gradient iterations of one polishing step
 # Leave-out problems evaluated together hold about this many weights at once.
 _CHUNK_ELEMENTS = 2**21
-_LOCAL_MIN_ROWS = 2**12
+_LOCAL_MIN_ROWS = 2**12  # units per chunk of the local fast paths, at least (see _local_size)
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
 # is treated as singular.
 _SINGULAR_RCOND = 1e-12
@@ -1176,10 +1176,9 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
     factor, ``O(p^2)`` each, against an ``O(p^3)`` factorization per unit)
     until that bound is below ``_NEUMANN_RTOL`` relative, for at most
     ``_NEUMANN_MAX_STEPS`` steps or until 97% of them are there. Of the
-    others, a unit whose change is
-    provably too small to bring an eigenvalue near zero (Weyl:
-    ``lambda_min - ||dH||_F > _SINGULAR_RCOND (lambda_max + ||dH||_F)``) is
-    solved by one LU solve; the rest by :func:`_solve_each`'s
+    others, a unit whose change is provably too small to bring an eigenvalue
+    near zero (Weyl: ``lambda_min - ||dH||_F > _SINGULAR_RCOND (lambda_max +
+    ||dH||_F)``) is solved by one LU solve; the rest by :func:`_solve_each`'s
     eigendecomposition (the same steps to rounding, 10-20x slower).
     ``scaled_eigenvalues``: those of ``H_full / (scale scale^T)``, ascending.
     """

@@ -229,9 +229,10 @@ class CoxHessianChanges:
     def _series(self, rows):
         """Series part over each row's groups ``[g_lo, cut)``, flattened (k, p^2).
 
-        Where many rows share a group, one product per group, which also adds the
-        own tie group's terms (:meth:`_add_own`) of the dying rows whose series ends
-        just before it; also returns which rows these were (boolean, (k,)).
+        Where many rows share a group, one product per group
+        (:meth:`_grouped_sums`), which also adds the own tie group's terms
+        (:meth:`_add_own`) of the dying rows whose series ends just before it;
+        also returns which rows these were (boolean, (k,)).
         """
         st, q, p = self.st, self.pp, self.p
         out = np.zeros((rows.size, q))
@@ -247,68 +248,82 @@ class CoxHessianChanges:
         last = g_end[keep] - 1
         bound = st.r[rows[keep]] / self.envelope[last]
         needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
-        groups = np.unique(last)
-        mat, vec = np.zeros((keep.size, q)), np.zeros((keep.size, p + 1))
-        if self._stack is not None and groups.size * _SHARED_GROUP <= keep.size:
-            # many rows per group: (rows of a group x terms) @ (terms x values), one product
-            # per group; powers u^j where the row needs term j, 0 beyond. Within a group the
-            # dying rows whose own group comes next first: their own terms by one more product
-            u = rows[keep]
-            aligned = self.own_group[u] == last + 1
-            by_group = np.lexsort((~aligned, last))
-            keep, last, needed, aligned = (keep[by_group], last[by_group], needed[by_group],
-                                           aligned[by_group])
-            u = rows[keep]
+        factors = np.zeros((keep.size, p, 5))     # the rank-five update's two factors
+        weights = np.zeros((keep.size, 5, p))
+        if (self._stack is not None
+                and np.unique(last).size * _SHARED_GROUP <= keep.size):
+            keep, mat, vec, aligned = self._grouped_sums(rows, keep, last, needed)
+            u = rows[keep[aligned]]
             own_done[keep[aligned]] = True
-            E = self.own_E[:, self.own_index[u[aligned]]]
-            own_coef = np.zeros((keep.size, 3))
-            own_coef[aligned] = np.column_stack([np.ones(E.shape[1]), -E[0], E[1]])
-            terms = np.arange(1, _TERMS + 1)
-            powers = np.where(terms <= needed[:, None],
-                              (st.r[u] / np.exp(self.log_ref[last]))[:, None] ** terms, 0.0)
-            bounds = np.append(np.searchsorted(last, groups), keep.size)
-            n_aligned = np.add.reduceat(aligned, bounds[:-1]) if keep.size else bounds[:-1]
-            for i, g in enumerate(groups):
-                lo, hi = bounds[i], bounds[i + 1]
-                np.matmul(powers[lo:hi], self._stack[0][g], out=mat[lo:hi])
-                np.matmul(powers[lo:hi], self._stack[1][g], out=vec[lo:hi])
-                if n_aligned[i]:
-                    top = lo + n_aligned[i]
-                    mat[lo:top] += own_coef[lo:top] @ np.stack(
-                        [self.before[g + 1], self.S2[g + 1], self.D2[g + 1]])
-            left, right = self._own_rank_three(u[aligned], self.own_group[u[aligned]])
+            factors[aligned, :, 2:], weights[aligned, 2:] = self._own_rank_three(
+                u, self.own_group[u])
         else:
-            by_need = np.argsort(-needed, kind="stable")   # rows needing more terms first
-            keep, last, needed = keep[by_need], last[by_need], needed[by_need]
-            u = st.r[rows[keep]] / np.exp(self.log_ref[last])
-            power = np.ones(keep.size)
-            for j in range(1, _TERMS + 1):
-                k = np.count_nonzero(needed >= j)
-                if k == 0:
-                    break
-                power[:k] *= u[:k]
-                if self._stack is not None:
-                    mat[:k] += power[:k, None] * self._stack[0][last[:k], j - 1]
-                    vec[:k] += power[:k, None] * self._stack[1][last[:k], j - 1]
-                else:
-                    table = self._table(j)[last[:k]]
-                    mat[:k] += power[:k, None] * table[:, :q]
-                    vec[:k] += power[:k, None] * table[:, q:]
-            aligned = np.zeros(keep.size, dtype=bool)
+            keep, mat, vec = self._term_sums(rows, keep, last, needed)
         x = st.X[rows[keep]]
         # sca x x^T - x v^T - v x^T = x h^T + h x^T with h = sca x / 2 - v, and the own
         # terms' rank-three part: one (k, p, 5) @ (k, 5, p) product
         h = 0.5 * vec[:, -1:] * x - vec[:, :p]
-        factors = np.zeros((keep.size, p, 5))
         factors[:, :, 0], factors[:, :, 1] = x, h
-        weights = np.empty((keep.size, 5, p))
         weights[:, 0], weights[:, 1] = h, x
-        weights[:, 2:] = 0.0
-        if aligned.any():
-            factors[aligned, :, 2:], weights[aligned, 2:] = left, right
         mat += np.matmul(factors, weights).reshape(keep.size, q)
         out[keep] = mat
         return out, own_done
+
+    def _grouped_sums(self, rows, keep, last, needed):
+        """The series sums as (rows of a group x terms) @ (terms x values), group by group.
+
+        Powers ``u^j`` where the row needs term ``j``, 0 beyond. Within a group
+        the dying rows whose own group comes next (``aligned``) first: their
+        own group's matrix terms by one more product. Returns the rows' order
+        (``keep``), the matrix and vector parts and ``aligned``.
+        """
+        st = self.st
+        aligned = self.own_group[rows[keep]] == last + 1
+        by_group = np.lexsort((~aligned, last))
+        keep, last, needed, aligned = (keep[by_group], last[by_group], needed[by_group],
+                                       aligned[by_group])
+        u = rows[keep]
+        E = self.own_E[:, self.own_index[u[aligned]]]
+        own_coef = np.zeros((keep.size, 3))
+        own_coef[aligned] = np.column_stack([np.ones(E.shape[1]), -E[0], E[1]])
+        terms = np.arange(1, _TERMS + 1)
+        powers = np.where(terms <= needed[:, None],
+                          (st.r[u] / np.exp(self.log_ref[last]))[:, None] ** terms, 0.0)
+        groups = np.unique(last)
+        bounds = np.append(np.searchsorted(last, groups), keep.size)
+        n_aligned = np.add.reduceat(aligned, bounds[:-1])
+        mat, vec = np.empty((keep.size, self.pp)), np.empty((keep.size, self.p + 1))
+        for i, g in enumerate(groups):
+            lo, hi = bounds[i], bounds[i + 1]
+            np.matmul(powers[lo:hi], self._stack[0][g], out=mat[lo:hi])
+            np.matmul(powers[lo:hi], self._stack[1][g], out=vec[lo:hi])
+            if n_aligned[i]:
+                top = lo + n_aligned[i]
+                mat[lo:top] += own_coef[lo:top] @ np.stack(
+                    [self.before[g + 1], self.S2[g + 1], self.D2[g + 1]])
+        return keep, mat, vec, aligned
+
+    def _term_sums(self, rows, keep, last, needed):
+        """The series sums term by term (few rows per group), rows needing more first."""
+        st, q = self.st, self.pp
+        by_need = np.argsort(-needed, kind="stable")
+        keep, last, needed = keep[by_need], last[by_need], needed[by_need]
+        u = st.r[rows[keep]] / np.exp(self.log_ref[last])
+        power = np.ones(keep.size)
+        mat, vec = np.zeros((keep.size, q)), np.zeros((keep.size, self.p + 1))
+        for j in range(1, _TERMS + 1):
+            k = np.count_nonzero(needed >= j)
+            if k == 0:
+                break
+            power[:k] *= u[:k]
+            if self._stack is not None:
+                mat[:k] += power[:k, None] * self._stack[0][last[:k], j - 1]
+                vec[:k] += power[:k, None] * self._stack[1][last[:k], j - 1]
+            else:
+                table = self._table(j)[last[:k]]
+                mat[:k] += power[:k, None] * table[:, :q]
+                vec[:k] += power[:k, None] * table[:, q:]
+        return keep, mat, vec
 
     def _add_exact(self, rows, out):
         """Add the slots from each row's cut to its own time, pair by pair, to ``out`` (k, p^2)."""
