@@ -91,8 +91,8 @@ def collinear_columns(X, names, sample_weight=None, groups=None, rcond=1e-8):
     units of a column (or of the others) never matter.
     """
     X = np.asarray(X, dtype=float)
-    if sample_weight is not None:
-        keep = np.asarray(sample_weight) > 0
+    keep = None if sample_weight is None else np.asarray(sample_weight) > 0
+    if keep is not None and not keep.all():  # (no copy of X otherwise)
         X = X[keep]
         groups = None if groups is None else np.asarray(groups)[keep]
     if groups is None:

@@ -428,7 +428,8 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
             means = np.zeros((strata.max() + 1, within.shape[1]))
             np.add.at(means, strata, within)
             within = within - (means / np.bincount(strata)[:, None])[strata]
-        spread = self.coef_ * within.std(axis=0)
+        # (within has mean zero: its standard deviations are root mean squares)
+        spread = self.coef_ * np.sqrt(np.einsum("ij,ij->j", within, within) / n)
         spread[np.isin(feature_names(self).astype(str), self._collinear)] = 0.0  # arbitrary
         if np.any(np.abs(spread) > 15):
             warnings.warn(

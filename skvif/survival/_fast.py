@@ -53,7 +53,9 @@ _RATIO = 0.02       # series terms are used only where r / a <= _RATIO
 _TERMS = 10         # _RATIO ** _TERMS ~ 1e-17: the truncation is below rounding
 _BLOCK = 1e10       # risk-set sums within one normalization block differ by < this factor
 _PAIRS = 2**16      # exact (row, slot) pairs evaluated at once
-_ROWS = 2**16       # rows per chunk (temporaries of (_ROWS, p))
+_ROWS = 2**14       # rows per chunk (temporaries of (_ROWS, p)): small enough that they
+                    # reuse freed memory (fresh pages cost ~3 ms/MB on the benchmark VM;
+                    # first call at 1e5 x 20: 0.30 s, 0.46 s with 2**16)
 _DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot
 _CACHE_ELEMENTS = 2**25  # complex-step Hessian changes are computed for blocks of this size
 _EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
@@ -91,6 +93,7 @@ class _SortedDesign:
             self.sorted[start:start + _ROWS, 1:] = X[order[start:start + _ROWS]]
         self.position = np.empty(n, dtype=np.intp)  # of each row in the sorted copy
         self.position[order] = np.arange(n)
+        self._ones = None
         self.time = self._segments(order, rs.time_lo, rs.time_hi)
         self.entry = (self._segments(rs.entry_order, rs.entry_lo, rs.entry_hi)
                       if rs.has_entry else None)
@@ -107,26 +110,38 @@ class _SortedDesign:
         return order[first:], self.position[order[first:]], indptr, restart, np.where(
             hi > lo, last, -1)
 
-    def _sums(self, part, r):
+    def _columns(self, moments):
+        """``[1, X]`` sorted, or only its column of ones (``moments=False``)."""
+        if moments:
+            return self.sorted
+        if self._ones is None:
+            self._ones = np.ones((self.sorted.shape[0], 1))
+        return self._ones
+
+    def _sums(self, part, r, moments=True):
         rows, indices, indptr, restart, last = part
+        values = self._columns(moments)
         if indptr.size == 1:
-            return np.zeros((last.size, self.sorted.shape[1]), dtype=r.dtype)
-        segment = _segment_sums(r[rows], indices, indptr, self.sorted)
+            return np.zeros((last.size, values.shape[1]), dtype=r.dtype)
+        segment = _segment_sums(r[rows], indices, indptr, values)
         cum = segment_cumsum(segment.T, restart).T
         return np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
 
-    def risk_sums(self, r):
-        """``[sum r, sum r x]`` over each group's risk set, shape (n_groups, 1 + p)."""
-        total = self._sums(self.time, r)
+    def risk_sums(self, r, moments=True):
+        """``[sum r, sum r x]`` over each group's risk set, shape (n_groups, 1 + p).
+
+        Only ``sum r``, shape (n_groups, 1), with ``moments=False``.
+        """
+        total = self._sums(self.time, r, moments)
         if self.entry is not None:
-            total = total - self._sums(self.entry, r)
+            total = total - self._sums(self.entry, r, moments)
         return total
 
-    def death_sums(self, r):
-        """``[sum r, sum r x]`` over each group's tied deaths, shape (n_groups, 1 + p)."""
+    def death_sums(self, r, moments=True):
+        """``[sum r, sum r x]`` over each group's tied deaths (as :meth:`risk_sums`)."""
         deaths = self.rs.deaths
         return _segment_sums(r[deaths], self.position[deaths], self.rs.death_bounds,
-                             self.sorted)
+                             self._columns(moments))
 
     def weighted_gram(self, v):
         """``X^T diag(v) X`` in blocks of rows."""
@@ -155,16 +170,20 @@ class _Statistics:
     Slots are Efron's ``k``-th tied death of a group (one slot per group for
     Breslow), in group order: ``a`` the denominator, ``m`` (p, n_slots) the
     mean, ``c`` the weight (0 for slots that do not count), ``frac`` Efron's
-    ``k / d``, ``bounds`` each group's slots.
+    ``k / d``, ``bounds`` each group's slots. With ``moments=False`` only the
+    sums of ``r`` are formed (``S1`` and ``D1`` have no rows): enough for the
+    loss.
     """
 
-    def __init__(self, eta, X, rs, w, ties, design=None):
+    def __init__(self, eta, X, rs, w, ties, design=None, moments=True):
         design = _SortedDesign(X, rs) if design is None else design
         self.rs, self.X, self.w, self.ties = rs, X, w, ties
         self.r = r = w * np.exp(eta - stratum_max(eta, rs)[rs.row_stratum])
-        S, D = design.risk_sums(r).T, design.death_sums(r).T
+        S, D = design.risk_sums(r, moments).T, design.death_sums(r, moments).T
         self.design = design
         self.S0, self.S1, self.D0, self.D1 = S[0], S[1:], D[0], D[1:]
+        # the same (n_groups, p), rows contiguous: gathers of groups by row are fast
+        self.S1_rows, self.D1_rows = self.S1.T, self.D1.T
         self.W = rs.death_sums(w)
         self.n_present = rs.death_sums((w > 0).astype(float))
         if ties == "breslow":
@@ -289,7 +308,7 @@ def negative_log_partial_likelihood(params, X, rs, weights, ties, alpha=0.0, des
     with the slots' weights ``c_s`` and shifted denominators ``a_s``.
     """
     eta = X @ params
-    st = _Statistics(eta, X, rs, weights, ties, design)
+    st = _Statistics(eta, X, rs, weights, ties, design, moments=False)
     shift = stratum_max(eta, rs)[rs.row_stratum[rs.deaths]]
     with np.errstate(divide="ignore", invalid="ignore"):
         log_terms = np.sum(np.where(st.c != 0, st.c * np.log(st.a), 0.0))
@@ -328,8 +347,8 @@ class CoxCurvature:
 def _dominant_rows(st):
     """Per group: the row with the largest risk score at risk there, and the rest's sums.
 
-    Returns ``(dominant, rest0, rest1)``: ``rest0`` and ``rest1`` (p, n_groups)
-    are the sums of ``r`` and ``r x`` over the risk set without ``dominant``,
+    Returns ``(dominant, rest0, rest1)``: ``rest0`` (n_groups,) and ``rest1``
+    (n_groups, p) are the sums of ``r`` and ``r x`` over the risk set without ``dominant``,
     accumulated without a subtraction: along a stratum's groups from the
     latest (smallest risk set) on, each group adds the rows its risk set adds
     except its dominant row, and the previous dominant row when that changes.
@@ -367,7 +386,7 @@ def _dominant_rows(st):
     rest[by_size] = segment_cumsum(added.T, np.flatnonzero(first)).T
     dominant = np.empty(end.size, dtype=np.intp)
     dominant[by_size] = order[top_g]
-    return dominant, rest[:, 0], rest[:, 1:].T
+    return dominant, rest[:, 0], rest[:, 1:]
 
 
 def _dominant_deaths(st):
@@ -379,15 +398,15 @@ def _dominant_deaths(st):
     weights[top] = 0.0
     rest = _segment_sums(weights, st.design.position[rs.deaths], rs.death_bounds,
                          st.design.sorted)
-    return rs.deaths[top], rest[:, 0], rest[:, 1:].T
+    return rs.deaths[top], rest[:, 0], rest[:, 1:]
 
 
 def _without_row(st, rows, groups, dominant, rest0, rest1):
     """Risk-set sums of ``groups`` without ``rows`` (the dominant row's from the rest sums)."""
     r, x = st.r[rows], st.X[rows]
     s0 = np.where(dominant[groups] == rows, rest0[groups], st.S0[groups] - r)
-    s1 = np.where((dominant[groups] == rows)[:, None], rest1[:, groups].T,
-                  st.S1[:, groups].T - r[:, None] * x)
+    s1 = np.where((dominant[groups] == rows)[:, None], rest1[groups],
+                  st.S1_rows[groups] - r[:, None] * x)
     return s0, s1
 
 
@@ -402,7 +421,8 @@ class _OwnGroupChange:
         self.st, self.dominant = st, dominant
         # sum_s c_s m_s over each group's slots, m_s = (S1 - f_s D1) / a_s
         inv = st.c / st.a
-        self.before = (st.S1 * st.per_group(inv) - st.D1 * st.per_group(inv * st.frac)).T
+        self.before = (st.S1_rows * st.per_group(inv)[:, None]
+                       - st.D1_rows * st.per_group(inv * st.frac)[:, None])
         self.deaths = (None if st.ties == "breslow" or st.rs.deaths.size == 0
                        else _dominant_deaths(st))
         self.group = np.full(st.rs.n_samples, -1, dtype=np.intp)  # own group of a death
@@ -427,8 +447,8 @@ class _OwnGroupChange:
             top_death, death_rest0, death_rest1 = self.deaths
             is_top = top_death[gid] == dead
             d0 = np.where(is_top, death_rest0[gid], st.D0[gid] - st.r[dead])
-            d1 = np.where(is_top[:, None], death_rest1[:, gid].T,
-                          st.D1[:, gid].T - st.r[dead, None] * X[dead])
+            d1 = np.where(is_top[:, None], death_rest1[gid],
+                          st.D1_rows[gid] - st.r[dead, None] * X[dead])
             d_new = st.n_present[gid] - 1
             some = d_new > 0
             inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), np.where(some, d0, 1.0),
@@ -624,7 +644,7 @@ def _exact_sums(st, rows, lo, hi, dominant, term, q):
         g, f = st.slot_group[s], st.frac[s]
         s0, s1 = _without_row(st, u, g, *dominant)
         a_without = np.where(st.c[s] != 0, s0 - f * st.D0[g], 1.0)  # (c = 0: no term)
-        values = term(u, s, a_without, s1 - f[:, None] * st.D1[:, g].T)
+        values = term(u, s, a_without, s1 - f[:, None] * st.D1_rows[g])
         nonempty = np.flatnonzero(k > 0)
         result[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
                                                     axis=0)
@@ -672,7 +692,7 @@ def _gradient_changes(st):
     inv = st.c / st.a
     group_values = np.zeros((3, st.S0.size, 1 + st.X.shape[1]), dtype=st.r.dtype)
     group_values[0, :, 0] = 1.0
-    group_values[1, :, 1:], group_values[2, :, 1:] = st.S1.T, st.D1.T
+    group_values[1, :, 1:], group_values[2, :, 1:] = st.S1_rows, st.D1_rows
     series = _SeriesSums(st, group_envelope, np.stack([st.c, inv, -inv * st.frac]),
                          group_values)
 
