@@ -22,6 +22,29 @@ def _generic_vif(model, n):
                                         [[i] for i in range(n)], method="vif", batched=True))
 
 
+def test_efron_sums_match_slot_by_slot_sums():
+    """Every regime of _efron_sums (slot by slot, series, digamma) against math.fsum."""
+    import math
+
+    from skvif.survival._fast import _efron_sums
+
+    rng = np.random.default_rng(11)
+    d = np.array([1, 2, 5, 40, 64, 65, 70, 300, 1000] * 6)
+    q = np.repeat([1e-12, 1e-6, 1e-3, 0.2, 0.5, 0.9], 9)   # d0 / s0
+    s0 = 10.0 ** rng.uniform(-100, 100, d.size)
+    d0 = q * s0
+    got = _efron_sums(s0, d0, d, squares=True)
+    for i in range(d.size):
+        f = [k / d[i] for k in range(d[i])]
+        a = [s0[i] - fk * d0[i] for fk in f]
+        want = [math.fsum(1 / ak for ak in a), math.fsum(fk / ak for fk, ak in zip(f, a)),
+                math.fsum(1 / ak ** 2 for ak in a),
+                math.fsum(fk / ak ** 2 for fk, ak in zip(f, a)),
+                math.fsum(fk * fk / ak ** 2 for fk, ak in zip(f, a))]
+        np.testing.assert_allclose(got[:, i], want, rtol=1e-12, atol=0,
+                                   err_msg=f"d={d[i]}, q={q[i]}")
+
+
 def test_efron_low_risk_tied_deaths_match_refits():
     # issue 11 item 1: two tied first deaths with very low risk (digamma cancellation)
     rng = np.random.default_rng(1)

@@ -476,16 +476,22 @@ def _efron_sums(s0, d0, d, squares=False):
     """Efron sums over ``k < d`` (``f_k = k / d``, ``a_k = s0 - f_k d0``), shape (2 or 5, ...).
 
     ``sum 1/a_k, sum f_k/a_k`` and, with ``squares``, ``sum 1/a_k^2, sum
-    f_k/a_k^2, sum f_k^2/a_k^2``: slot by slot for ``d <= _DIRECT``; for
-    larger ``d`` the series in ``q = d0 / s0`` (``1/a = sum_j q^j f^j / s0``,
-    ``1/a^2 = sum_j (j+1) q^j f^j / s0^2``) with exact power sums of ``k / d``
-    when ``|q| <= 1/2``, the digamma (and trigamma) closed forms otherwise. The
-    closed forms alone cancel catastrophically when ``d0 << s0`` (low-risk
-    tied deaths).
+    f_k/a_k^2, sum f_k^2/a_k^2``: by the series in ``q = d0 / s0`` (``1/a =
+    sum_j q^j f^j / s0``, ``1/a^2 = sum_j (j+1) q^j f^j / s0^2``) with exact
+    power sums of ``k / d`` when ``|q| <= 1/2`` and it needs fewer terms than
+    ``d``; otherwise slot by slot for ``d <= _DIRECT``, the digamma (and
+    trigamma) closed forms for larger ``d``. The closed forms alone cancel
+    catastrophically when ``d0 << s0`` (low-risk tied deaths).
     """
     d = d.astype(np.intp)
     out = np.zeros((5 if squares else 2,) + s0.shape, dtype=np.result_type(s0, d0))
-    small = np.flatnonzero((d > 0) & (d <= _DIRECT))
+    present = np.flatnonzero(d > 0)
+    ratio = d0[present] / s0[present]
+    # terms the series needs (|q|^j below rounding), when it converges fast enough
+    needed = np.where(np.abs(ratio) <= 0.5, np.ceil(np.log(1e-18) / np.log(
+        np.clip(np.abs(ratio), 1e-300, 0.5))), np.inf)
+    direct = (d[present] <= _DIRECT) & (d[present] <= needed)
+    small = present[direct]
     for k in range(int(d[small].max()) if small.size else 0):
         rows = small[d[small] > k]
         f = k / d[rows]
@@ -497,15 +503,11 @@ def _efron_sums(s0, d0, d, squares=False):
             out[2, rows] += inv2
             out[3, rows] += f * inv2
             out[4, rows] += f * f * inv2
-    large = np.flatnonzero(d > _DIRECT)
-    ratio = d0[large] / s0[large]
-    near = np.abs(ratio) <= 0.5
-    series = large[near]
+    near = ~direct & np.isfinite(needed)
+    series = present[near]
     if series.size:
-        q = ratio[near]
-        # the terms each slot needs (|q|^j below rounding), those needing more first
-        needed = np.ceil(np.log(1e-18) / np.log(np.clip(np.abs(q), 1e-300, 0.5)))
-        by_need = np.argsort(-needed, kind="stable")
+        q, needed = ratio[near], needed[near]
+        by_need = np.argsort(-needed, kind="stable")  # those needing more terms first
         series, q, needed = series[by_need], q[by_need], needed[by_need]
         sizes, which = np.unique(d[series], return_inverse=True)
         which = np.ravel(which)
@@ -529,7 +531,7 @@ def _efron_sums(s0, d0, d, squares=False):
         s = s0[series]
         out[:2, series] = sums[:2] / s
         out[2:, series] = sums[2:] / s ** 2
-    far = large[~near]
+    far = present[~direct & ~near]  # (d > _DIRECT, |q| > 1/2)
     if far.size:
         dd, s, q0 = d[far], s0[far], d0[far]
         z = dd * s / q0
