@@ -401,12 +401,18 @@ def _dominant_deaths(st):
     return rs.deaths[top], rest[:, 0], rest[:, 1:]
 
 
-def _without_row(st, rows, groups, dominant, rest0, rest1):
-    """Risk-set sums of ``groups`` without ``rows`` (the dominant row's from the rest sums)."""
-    r, x = st.r[rows], st.X[rows]
-    s0 = np.where(dominant[groups] == rows, rest0[groups], st.S0[groups] - r)
-    s1 = np.where((dominant[groups] == rows)[:, None], rest1[groups],
-                  st.S1_rows[groups] - r[:, None] * x)
+def _without_row(st, rows, groups, dominant, rest0, rest1, x=None):
+    """Risk-set sums of ``groups`` without ``rows`` (the dominant row's from the rest sums).
+
+    ``x``: the rows of ``X``, when already at hand. (Row gathers here are
+    ``take``: two to four times faster than fancy indexing.)
+    """
+    r = st.r[rows]
+    x = st.X.take(rows, axis=0) if x is None else x
+    dominates = dominant[groups] == rows
+    s0 = np.where(dominates, rest0[groups], st.S0[groups] - r)
+    s1 = np.where(dominates[:, None], rest1.take(groups, axis=0),
+                  st.S1_rows.take(groups, axis=0) - r[:, None] * x)
     return s0, s1
 
 
@@ -437,7 +443,8 @@ class _OwnGroupChange:
             return out
         dead = rows[here]
         gid = self.group[dead]
-        s0, s1 = _without_row(st, dead, gid, *self.dominant)
+        x = X.take(dead, axis=0)
+        s0, s1 = _without_row(st, dead, gid, *self.dominant, x=x)
         rest = st.W[gid] - w[dead]
         if st.ties == "breslow":
             safe = np.where(rest > 0, s0, 1.0)
@@ -447,27 +454,26 @@ class _OwnGroupChange:
             top_death, death_rest0, death_rest1 = self.deaths
             is_top = top_death[gid] == dead
             d0 = np.where(is_top, death_rest0[gid], st.D0[gid] - st.r[dead])
-            d1 = np.where(is_top[:, None], death_rest1[gid],
-                          st.D1_rows[gid] - st.r[dead, None] * X[dead])
+            d1 = np.where(is_top[:, None], death_rest1.take(gid, axis=0),
+                          st.D1_rows.take(gid, axis=0) - st.r[dead, None] * x)
             d_new = st.n_present[gid] - 1
             some = d_new > 0
             inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), np.where(some, d0, 1.0),
                                             d_new)
             mean_weight = np.where(some, rest / np.maximum(d_new, 1), 0.0)
             after = mean_weight[:, None] * (s1 * inv_sum[:, None] - d1 * frac_sum[:, None])
-        out[here] = -w[dead, None] * X[dead] + self.before[gid] - after
+        out[here] = -w[dead, None] * x + self.before.take(gid, axis=0) - after
         return out
 
 
 @functools.lru_cache(maxsize=1024)
 def _efron_power_sums(size):
     """``sum_{k < size} (k / size)^j`` for ``j = 0.._EFRON_TERMS + 2`` (read-only)."""
-    f = np.arange(size) / size
-    power = np.ones(size)
-    out = np.empty(_EFRON_TERMS + 3)
-    for j in range(out.size):
-        out[j] = power.sum()
-        power *= f
+    out = np.zeros(_EFRON_TERMS + 3)
+    for start in range(0, size, 2**12):  # ((terms, 4096) numbers at a time)
+        f = np.arange(start, min(start + 2**12, size)) / size
+        out += np.cumprod(np.vstack([np.ones_like(f), np.broadcast_to(
+            f, (out.size - 1, f.size))]), axis=0).sum(axis=1)
     out.flags.writeable = False
     return out
 
@@ -625,7 +631,9 @@ class _SeriesSums:
             if k == 0:
                 break
             power[:k] = power[:k] * u[:k]
-            sums[:k] += power[:k, None] * self.terms[j, last[:k]]
+            term = self.terms[j].take(last[:k], axis=0)
+            term *= power[:k, None]
+            sums[:k] += term
         result[keep] = sums
         return result
 
@@ -646,7 +654,7 @@ def _exact_sums(st, rows, lo, hi, dominant, term, q):
         g, f = st.slot_group[s], st.frac[s]
         s0, s1 = _without_row(st, u, g, *dominant)
         a_without = np.where(st.c[s] != 0, s0 - f * st.D0[g], 1.0)  # (c = 0: no term)
-        values = term(u, s, a_without, s1 - f[:, None] * st.D1_rows[g])
+        values = term(u, s, a_without, s1 - f[:, None] * st.D1_rows.take(g, axis=0))
         nonempty = np.flatnonzero(k > 0)
         result[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
                                                     axis=0)
@@ -700,7 +708,7 @@ def _gradient_changes(st):
 
     def term(u, s, a_without, s1_without):  # c_s r_u (x_u - m_s^(-u)) / a_s
         return (st.c[s] * st.r[u] / st.a[s])[:, None] * (
-            st.X[u] - s1_without / a_without[:, None])
+            st.X.take(u, axis=0) - s1_without / a_without[:, None])
 
     # rows in chunks: no (n, p) temporaries
     out = np.empty(st.X.shape, dtype=st.r.dtype)
@@ -710,7 +718,7 @@ def _gradient_changes(st):
         at_risk = np.flatnonzero(st.r.real[chunk] > 0)
         rows = chunk[at_risk]
         sums = series(rows, cut[rows])
-        change[at_risk] += st.X[rows] * sums[:, :1] - sums[:, 1:] + _exact_sums(
+        change[at_risk] += st.X.take(rows, axis=0) * sums[:, :1] - sums[:, 1:] + _exact_sums(
             st, rows, st.bounds[cut[rows]], hi[rows], dominant, term, st.X.shape[1])
         out[chunk] = change
     return out
@@ -896,7 +904,7 @@ class CoxDerivatives(CoxCurvature):
         rows = unit_rows(units)
         if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
             return self._cache["gradient"][rows[0]:rows[-1] + 1]  # (consecutive rows)
-        return self._cache["gradient"][rows]
+        return self._cache["gradient"].take(rows, axis=0)
 
     def unit_order(self, units):
         # rows by stratum and time: a chunk's rows then share their groups' series terms

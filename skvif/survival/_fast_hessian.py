@@ -235,16 +235,15 @@ class CoxHessianChanges:
         also returns which rows these were (boolean, (k,)).
         """
         st, q, p = self.st, self.pp, self.p
-        out = np.zeros((rows.size, q))
         own_done = np.zeros(rows.size, dtype=bool)
         if self.n_groups == 0:
-            return out, own_done
+            return np.zeros((rows.size, q)), own_done
         rs = st.rs
         g_end = self.cut[rows]
         keep = np.flatnonzero((g_end > self.group_start[rs.row_stratum[rows]])
                               & (st.r[rows] > 0))
         if keep.size == 0:
-            return out, own_done
+            return np.zeros((rows.size, q)), own_done
         last = g_end[keep] - 1
         bound = st.r[rows[keep]] / self.envelope[last]
         needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
@@ -259,13 +258,16 @@ class CoxHessianChanges:
                 u, self.own_group[u])
         else:
             keep, mat, vec = self._term_sums(rows, keep, last, needed)
-        x = st.X[rows[keep]]
+        x = st.X.take(rows[keep], axis=0)   # (take: faster than fancy indexing)
         # sca x x^T - x v^T - v x^T = x h^T + h x^T with h = sca x / 2 - v, and the own
         # terms' rank-three part: one (k, p, 5) @ (k, 5, p) product
         h = 0.5 * vec[:, -1:] * x - vec[:, :p]
         factors[:, :, 0], factors[:, :, 1] = x, h
         weights[:, 0], weights[:, 1] = h, x
         mat += np.matmul(factors, weights).reshape(keep.size, q)
+        if keep.size == rows.size:  # every row: a permutation of mat's rows
+            return mat.take(np.argsort(keep), axis=0), own_done
+        out = np.zeros((rows.size, q))
         out[keep] = mat
         return out, own_done
 
@@ -283,7 +285,7 @@ class CoxHessianChanges:
         keep, last, needed, aligned = (keep[by_group], last[by_group], needed[by_group],
                                        aligned[by_group])
         u = rows[keep]
-        E = self.own_E[:, self.own_index[u[aligned]]]
+        E = self.own_E.take(self.own_index[u[aligned]], axis=1)
         own_coef = np.zeros((keep.size, 3))
         own_coef[aligned] = np.column_stack([np.ones(E.shape[1]), -E[0], E[1]])
         terms = np.arange(1, _TERMS + 1)
@@ -292,11 +294,12 @@ class CoxHessianChanges:
         groups = np.unique(last)
         bounds = np.append(np.searchsorted(last, groups), keep.size)
         n_aligned = np.add.reduceat(aligned, bounds[:-1])
+        n_terms = np.maximum.reduceat(np.minimum(needed, _TERMS), bounds[:-1])
         mat, vec = np.empty((keep.size, self.pp)), np.empty((keep.size, self.p + 1))
         for i, g in enumerate(groups):
-            lo, hi = bounds[i], bounds[i + 1]
-            np.matmul(powers[lo:hi], self._stack[0][g], out=mat[lo:hi])
-            np.matmul(powers[lo:hi], self._stack[1][g], out=vec[lo:hi])
+            lo, hi, j = bounds[i], bounds[i + 1], n_terms[i]  # (the terms its rows need)
+            np.matmul(powers[lo:hi, :j], self._stack[0][g, :j], out=mat[lo:hi])
+            np.matmul(powers[lo:hi, :j], self._stack[1][g, :j], out=vec[lo:hi])
             if n_aligned[i]:
                 top = lo + n_aligned[i]
                 mat[lo:top] += own_coef[lo:top] @ np.stack(
@@ -317,10 +320,10 @@ class CoxHessianChanges:
                 break
             power[:k] *= u[:k]
             if self._stack is not None:
-                mat[:k] += power[:k, None] * self._stack[0][last[:k], j - 1]
-                vec[:k] += power[:k, None] * self._stack[1][last[:k], j - 1]
+                mat[:k] += power[:k, None] * self._stack[0][:, j - 1].take(last[:k], axis=0)
+                vec[:k] += power[:k, None] * self._stack[1][:, j - 1].take(last[:k], axis=0)
             else:
-                table = self._table(j)[last[:k]]
+                table = self._table(j).take(last[:k], axis=0)
                 mat[:k] += power[:k, None] * table[:, :q]
                 vec[:k] += power[:k, None] * table[:, q:]
         return keep, mat, vec
@@ -385,10 +388,10 @@ class CoxHessianChanges:
         As ``left @ right``, (k, p, 3) and (k, 3, p).
         """
         st = self.st
-        E = self.own_E[:, self.own_index[u]]
-        ru, x = st.r[u], st.X[u]
+        E = self.own_E.take(self.own_index[u], axis=1)
+        ru, x = st.r[u], st.X.take(u, axis=0)
         rx = ru[:, None] * x
-        s1, d1 = st.S1_rows[g] - rx, st.D1_rows[g] - rx
+        s1, d1 = st.S1_rows.take(g, axis=0) - rx, st.D1_rows.take(g, axis=0) - rx
         left = np.stack([rx * (E[0] - E[1])[:, None], E[2][:, None] * s1 - E[3][:, None] * d1,
                          E[4][:, None] * d1 - E[3][:, None] * s1], axis=2)
         return left, np.stack([x, s1, d1], axis=1)
@@ -405,11 +408,11 @@ class CoxHessianChanges:
             return
         u = rows[here]
         g = self.own_group[u]
-        E = self.own_E[:, self.own_index[u]]
+        E = self.own_E.take(self.own_index[u], axis=1)
         # before - (S2 - r x x^T) E0 + (D2 - r x x^T) E1 - (the mean terms)
-        change = self.before[g]
-        change -= self.S2[g] * E[0][:, None]
-        change += self.D2[g] * E[1][:, None]
+        change = self.before.take(g, axis=0)
+        change -= self.S2.take(g, axis=0) * E[0][:, None]
+        change += self.D2.take(g, axis=0) * E[1][:, None]
         left, right = self._own_rank_three(u, g)
         change += np.matmul(left, right).reshape(u.size, -1)
         out[here] += change
