@@ -476,7 +476,7 @@ def _leave_out_dense(model, unit, pos, eps):
 def test_leave_out_cooccurrence_updates(adversarial, eps):
     """removal_weights + sparse C, and the local (C' - C) X of LeaveOutChanges."""
     G, model, nodes, edges = adversarial
-    n, d = len(model.nodes_), model.n_components
+    n = len(model.nodes_)
     A = sparse_adjacency(model.edge_index_, n)
     C = sparse_cooccurrence(A, model.window).toarray()
     theta = model._params()

@@ -21,7 +21,6 @@ the Debian packages, when ``Rscript`` or the ``survival`` package is absent.
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
