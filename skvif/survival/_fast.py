@@ -56,9 +56,10 @@ _PAIRS = 2**16      # exact (row, slot) pairs evaluated at once
 _ROWS = 2**14       # rows per chunk (temporaries of (_ROWS, p)): small enough that they
                     # reuse freed memory (fresh pages cost ~3 ms/MB on the benchmark VM;
                     # first call at 1e5 x 20: 0.30 s, 0.46 s with 2**16)
-_DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot
+_DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot (where
+                    # the series would need more terms than the group has deaths)
 _CACHE_ELEMENTS = 2**25  # complex-step Hessian changes are computed for blocks of this size
-_EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: series in d0 / s0 for larger groups
+_EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: terms of the series in d0 / s0 (|d0 / s0| <= 1/2)
 
 
 def _segment_sums(weights, indices, indptr, values):
@@ -348,10 +349,11 @@ def _dominant_rows(st):
     """Per group: the row with the largest risk score at risk there, and the rest's sums.
 
     Returns ``(dominant, rest0, rest1)``: ``rest0`` (n_groups,) and ``rest1``
-    (n_groups, p) are the sums of ``r`` and ``r x`` over the risk set without ``dominant``,
-    accumulated without a subtraction: along a stratum's groups from the
-    latest (smallest risk set) on, each group adds the rows its risk set adds
-    except its dominant row, and the previous dominant row when that changes.
+    (n_groups, p) are the sums of ``r`` and ``r x`` over the risk set without
+    ``dominant``, accumulated without a subtraction: along a stratum's groups
+    from the latest (smallest risk set) on, each group adds the rows its risk
+    set adds except its dominant row, and the previous dominant row when that
+    changes.
     """
     rs, design = st.rs, st.design
     order = rs.time_order
