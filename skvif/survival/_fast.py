@@ -94,7 +94,6 @@ class _SortedDesign:
             self.sorted[start:start + _ROWS, 1:] = X[order[start:start + _ROWS]]
         self.position = np.empty(n, dtype=np.intp)  # of each row in the sorted copy
         self.position[order] = np.arange(n)
-        self._ones = None
         self.time = self._segments(order, rs.time_lo, rs.time_hi)
         self.entry = (self._segments(rs.entry_order, rs.entry_lo, rs.entry_hi)
                       if rs.has_entry else None)
@@ -111,38 +110,26 @@ class _SortedDesign:
         return order[first:], self.position[order[first:]], indptr, restart, np.where(
             hi > lo, last, -1)
 
-    def _columns(self, moments):
-        """``[1, X]`` sorted, or only its column of ones (``moments=False``)."""
-        if moments:
-            return self.sorted
-        if self._ones is None:
-            self._ones = np.ones((self.sorted.shape[0], 1))
-        return self._ones
-
-    def _sums(self, part, r, moments=True):
+    def _sums(self, part, r):
         rows, indices, indptr, restart, last = part
-        values = self._columns(moments)
         if indptr.size == 1:
-            return np.zeros((last.size, values.shape[1]), dtype=r.dtype)
-        segment = _segment_sums(r[rows], indices, indptr, values)
+            return np.zeros((last.size, self.sorted.shape[1]), dtype=r.dtype)
+        segment = _segment_sums(r[rows], indices, indptr, self.sorted)
         cum = segment_cumsum(segment.T, restart).T
         return np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
 
-    def risk_sums(self, r, moments=True):
-        """``[sum r, sum r x]`` over each group's risk set, shape (n_groups, 1 + p).
-
-        Only ``sum r``, shape (n_groups, 1), with ``moments=False``.
-        """
-        total = self._sums(self.time, r, moments)
+    def risk_sums(self, r):
+        """``[sum r, sum r x]`` over each group's risk set, shape (n_groups, 1 + p)."""
+        total = self._sums(self.time, r)
         if self.entry is not None:
-            total = total - self._sums(self.entry, r, moments)
+            total = total - self._sums(self.entry, r)
         return total
 
-    def death_sums(self, r, moments=True):
-        """``[sum r, sum r x]`` over each group's tied deaths (as :meth:`risk_sums`)."""
+    def death_sums(self, r):
+        """``[sum r, sum r x]`` over each group's tied deaths, shape (n_groups, 1 + p)."""
         deaths = self.rs.deaths
         return _segment_sums(r[deaths], self.position[deaths], self.rs.death_bounds,
-                             self._columns(moments))
+                             self.sorted)
 
     def weighted_gram(self, v):
         """``X^T diag(v) X`` in blocks of rows."""
@@ -171,20 +158,23 @@ class _Statistics:
     Slots are Efron's ``k``-th tied death of a group (one slot per group for
     Breslow), in group order: ``a`` the denominator, ``m`` (p, n_slots) the
     mean, ``c`` the weight (0 for slots that do not count), ``frac`` Efron's
-    ``k / d``, ``bounds`` each group's slots. With ``moments=False`` only the
-    sums of ``r`` are formed (``S1`` and ``D1`` have no rows): enough for the
-    loss.
+    ``k / d``, ``bounds`` each group's slots. ``S0, D0`` (n_groups,) and
+    ``S1, D1`` (n_groups, p) are the risk-set and tied-death sums of ``r``
+    and ``r x``; with ``moments=False`` only those of ``r`` (enough for the
+    loss; ``S1`` and ``D1`` are then ``None``).
     """
 
     def __init__(self, eta, X, rs, w, ties, design=None, moments=True):
-        design = _SortedDesign(X, rs) if design is None else design
         self.rs, self.X, self.w, self.ties = rs, X, w, ties
         self.r = r = w * np.exp(eta - stratum_max(eta, rs)[rs.row_stratum])
-        S, D = design.risk_sums(r, moments).T, design.death_sums(r, moments).T
+        if moments:
+            design = _SortedDesign(X, rs) if design is None else design
+            S, D = design.risk_sums(r), design.death_sums(r)
+            self.S0, self.S1, self.D0, self.D1 = S[:, 0], S[:, 1:], D[:, 0], D[:, 1:]
+        else:
+            self.S0, self.D0 = rs.risk_sums(r), rs.death_sums(r)
+            self.S1 = self.D1 = None
         self.design = design
-        self.S0, self.S1, self.D0, self.D1 = S[0], S[1:], D[0], D[1:]
-        # the same (n_groups, p), rows contiguous: gathers of groups by row are fast
-        self.S1_rows, self.D1_rows = self.S1.T, self.D1.T
         self.W = rs.death_sums(w)
         self.n_present = rs.death_sums((w > 0).astype(float))
         if ties == "breslow":
@@ -212,7 +202,7 @@ class _Statistics:
         """Each slot's weighted covariate mean, (p, n_slots) (formed on first use)."""
         if self._m is None:
             g = self.slot_group
-            self._m = (self.S1[:, g] - self.frac * self.D1[:, g]) / self.a
+            self._m = ((self.S1[g] - self.frac[:, None] * self.D1[g]) / self.a[:, None]).T
         return self._m
 
     def per_group(self, values):
@@ -291,7 +281,7 @@ def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     A = st.interval_sums(b0, g_lo, g_hi, np.arange(X.shape[0]), st.group_starts)
     v = st.r * A
     v[rs.deaths] -= st.r[rs.deaths] * b1[rs.death_group]
-    S1, D1 = st.S1, st.D1
+    S1, D1 = st.S1.T, st.D1.T
     cross = (S1 * q1) @ D1.T
     H = (alpha * np.eye(X.shape[1]) - (S1 * q0) @ S1.T + cross + cross.T - (D1 * q2) @ D1.T
          + design.weighted_gram(v))
@@ -414,7 +404,7 @@ def _without_row(st, rows, groups, dominant, rest0, rest1, x=None):
     dominates = dominant[groups] == rows
     s0 = np.where(dominates, rest0[groups], st.S0[groups] - r)
     s1 = np.where(dominates[:, None], rest1.take(groups, axis=0),
-                  st.S1_rows.take(groups, axis=0) - r[:, None] * x)
+                  st.S1.take(groups, axis=0) - r[:, None] * x)
     return s0, s1
 
 
@@ -429,8 +419,8 @@ class _OwnGroupChange:
         self.st, self.dominant = st, dominant
         # sum_s c_s m_s over each group's slots, m_s = (S1 - f_s D1) / a_s
         inv = st.c / st.a
-        self.before = (st.S1_rows * st.per_group(inv)[:, None]
-                       - st.D1_rows * st.per_group(inv * st.frac)[:, None])
+        self.before = (st.S1 * st.per_group(inv)[:, None]
+                       - st.D1 * st.per_group(inv * st.frac)[:, None])
         self.deaths = (None if st.ties == "breslow" or st.rs.deaths.size == 0
                        else _dominant_deaths(st))
         self.group = np.full(st.rs.n_samples, -1, dtype=np.intp)  # own group of a death
@@ -457,7 +447,7 @@ class _OwnGroupChange:
             is_top = top_death[gid] == dead
             d0 = np.where(is_top, death_rest0[gid], st.D0[gid] - st.r[dead])
             d1 = np.where(is_top[:, None], death_rest1.take(gid, axis=0),
-                          st.D1_rows.take(gid, axis=0) - st.r[dead, None] * x)
+                          st.D1.take(gid, axis=0) - st.r[dead, None] * x)
             d_new = st.n_present[gid] - 1
             some = d_new > 0
             inv_sum, frac_sum = _efron_sums(np.where(some, s0, 1.0), np.where(some, d0, 1.0),
@@ -656,7 +646,7 @@ def _exact_sums(st, rows, lo, hi, dominant, term, q):
         g, f = st.slot_group[s], st.frac[s]
         s0, s1 = _without_row(st, u, g, *dominant)
         a_without = np.where(st.c[s] != 0, s0 - f * st.D0[g], 1.0)  # (c = 0: no term)
-        values = term(u, s, a_without, s1 - f[:, None] * st.D1_rows.take(g, axis=0))
+        values = term(u, s, a_without, s1 - f[:, None] * st.D1.take(g, axis=0))
         nonempty = np.flatnonzero(k > 0)
         result[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
                                                     axis=0)
@@ -704,7 +694,7 @@ def _gradient_changes(st):
     inv = st.c / st.a
     group_values = np.zeros((3, st.S0.size, 1 + st.X.shape[1]), dtype=st.r.dtype)
     group_values[0, :, 0] = 1.0
-    group_values[1, :, 1:], group_values[2, :, 1:] = st.S1_rows, st.D1_rows
+    group_values[1, :, 1:], group_values[2, :, 1:] = st.S1, st.D1
     series = _SeriesSums(st, group_envelope, np.stack([st.c, inv, -inv * st.frac]),
                          group_values)
 

@@ -130,7 +130,7 @@ class CoxHessianChanges:
         else:
             self.S2 = np.zeros((last.size, p * p))
         self.D2 = _grouped_moments(X, st.r, rs.deaths, rs.death_bounds[:-1])
-        S1, D1 = st.S1_rows, st.D1_rows                             # (n_groups, p)
+        S1, D1 = st.S1, st.D1  # (n_groups, p)
         self.S1S1 = _outer(S1, S1)
         SD = _outer(S1, D1).reshape(-1, p, p)
         self.SD = (SD + np.swapaxes(SD, 1, 2)).reshape(-1, p * p)
@@ -212,7 +212,7 @@ class CoxHessianChanges:
         weight = self.ratio ** j
         mat = self._group_terms(weight, j)
         s01, s11 = self._sigma(weight, 0, 1), self._sigma(weight, 1, 1)
-        vec = j * (st.S1_rows * s01[:, None] - st.D1_rows * s11[:, None])
+        vec = j * (st.S1 * s01[:, None] - st.D1 * s11[:, None])
         sca = j * self._sigma(weight, 0, 0)
         per_group = np.column_stack([mat, vec, sca])
         n_groups, seg_starts = self.n_groups, self.seg_starts
@@ -391,7 +391,7 @@ class CoxHessianChanges:
         E = self.own_E.take(self.own_index[u], axis=1)
         ru, x = st.r[u], st.X.take(u, axis=0)
         rx = ru[:, None] * x
-        s1, d1 = st.S1_rows.take(g, axis=0) - rx, st.D1_rows.take(g, axis=0) - rx
+        s1, d1 = st.S1.take(g, axis=0) - rx, st.D1.take(g, axis=0) - rx
         left = np.stack([rx * (E[0] - E[1])[:, None], E[2][:, None] * s1 - E[3][:, None] * d1,
                          E[4][:, None] * d1 - E[3][:, None] * s1], axis=2)
         return left, np.stack([x, s1, d1], axis=1)
