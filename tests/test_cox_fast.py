@@ -263,6 +263,9 @@ def test_closed_form_gradient_and_hessian_match_autograd(seed, ties_level, big_g
         scale = np.sqrt(np.outer(np.abs(np.diag(H_ref)), np.abs(np.diag(H_ref)))) + 1e-300
         assert np.abs((H - H_ref) / scale).max() < 1e-9
         assert np.abs((g - g_ref) / (np.sqrt(np.abs(np.diag(H_ref))) + 1e-300)).max() < 1e-6
+        value = m._loss()(beta, weights)  # the line search's loss too
+        assert abs(closed_form_loss(beta, m._X, m._risk_sets, m._case_weights * weights, ties,
+                                    alpha) - value) <= 1e-12 * (1 + abs(value))
 
 
 @pytest.mark.parametrize("seed,eta_max,n_strata", [(0, 1.0, 1), (1, 20.0, 3), (2, 20.0, 1)])
