@@ -56,8 +56,9 @@ _LOCAL_MIN_ROWS = 2**12  # units per chunk of the local fast paths, at least (se
 # A Hessian whose (Jacobi-scaled) reciprocal condition number is below this
 # is treated as singular.
 _SINGULAR_RCOND = 1e-12
-_NEUMANN_MAX_STEPS = 8   # fixed-point steps of a chunk's local Newton solves, at most
-_NEUMANN_RTOL = 1e-15    # ... until the error bound is below this, relative
+_NEUMANN_MAX_STEPS = 8   # fixed-point steps of a unit's local Newton solve, at most
+_NEUMANN_RTOL = 1e-13    # ... until the error bound is below this, relative
+_NEWTON_BLOCK_ELEMENTS = 2**20  # units' Hessian changes iterated together (8 MiB: in cache)
 
 
 class ModelDerivatives:
@@ -79,7 +80,10 @@ class ModelDerivatives:
     ``hessian_changes(units) -> (k, p, p)``
         ``H(params; 1) - H(params; w^(-u))`` likewise: with
         ``gradient_changes``, ``method="newton"`` without evaluating the full
-        loss once per unit.
+        loss once per unit. It may instead return ``(D, x, y)``, arrays of
+        shape (k, p, p), (k, p) and (k, p), for the changes ``D + x y^T + y
+        x^T``: the engine then never forms them (a pass over ``k p^2``
+        numbers fewer) except for units it solves directly.
     ``unit_order(units) -> (n_units,)``
         A permutation of the units in which ``gradient_changes`` and
         ``hessian_changes`` are best asked for (units that share the model's
@@ -623,6 +627,20 @@ def _singular_each(H, scale):
     return _solve_each(H, np.zeros(H.shape[:2]), scale)[1]
 
 
+def _positive_definite_inverse(H, scale, scaled_eigenvalues):
+    """``H^-1`` (symmetric; by a Cholesky factor of the Jacobi-scaled ``H``), or None
+    when ``H`` is not positive definite."""
+    if not scaled_eigenvalues[0] > 0:
+        return None
+    outer = np.outer(scale, scale)
+    try:
+        factor = scipy.linalg.cho_factor(H / outer)
+    except np.linalg.LinAlgError:
+        return None
+    inverse = scipy.linalg.cho_solve(factor, np.eye(H.shape[0]))
+    return 0.5 * (inverse + inverse.T) / outer
+
+
 def _jacobi_scaled(H):
     """``D^-1/2 H D^-1/2`` with ``D = |diag H|`` (1 where zero): unit-free curvature."""
     d = _hessian_scale(H)
@@ -902,9 +920,11 @@ class InfluenceResults:
             if self.check_indefinite:
                 _warn_indefinite(scaled_eigenvalues, stacklevel=4)
         if local:
+            scale = _hessian_scale(H_full)
             step = partial(_local_newton_chunk, g_full=grad(self.loss)(theta, np.ones(n)),
                            H_full=H_full, grad_change=grad_change, hess_change=hess_change,
-                           scale=_hessian_scale(H_full), scaled_eigenvalues=scaled_eigenvalues)
+                           scale=scale, scaled_eigenvalues=scaled_eigenvalues,
+                           inverse=_positive_definite_inverse(H_full, scale, scaled_eigenvalues))
         else:
             step = partial(_newton_chunk, lossb=self._lossb, theta=theta, n=n, loss=self.loss,
                            damping=damping, krylov=krylov, saddle_free=self.saddle_free,
@@ -1164,64 +1184,114 @@ def _gradient_change_chunk(chunk, *, lossb, theta, n, g_full):
 
 
 def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scale,
-                        scaled_eigenvalues):
+                        scaled_eigenvalues, inverse):
     """Newton steps from the model's closed-form gradient and Hessian changes.
 
-    With ``A`` the (scaled, positive definite) full-data Hessian and ``dH`` a
-    unit's scaled change, ``rho = ||dH||_F / lambda_min(A)`` bounds the
-    contraction of the fixed-point iteration ``s <- H_full^-1 (g + dH s)`` (the
-    Neumann series of ``(H_full - dH)^-1``), so the error after a step is at
-    most ``rho / (1 - rho)`` times the step. Units with ``rho < 1/2`` are
-    iterated (products with ``dH`` and triangular solves with one Cholesky
-    factor, ``O(p^2)`` each, against an ``O(p^3)`` factorization per unit)
-    until that bound is below ``_NEUMANN_RTOL`` relative, for at most
-    ``_NEUMANN_MAX_STEPS`` steps or until 97% of them are there. Of the
-    others, a unit whose change is provably too small to bring an eigenvalue
-    near zero (Weyl: ``lambda_min - ||dH||_F > _SINGULAR_RCOND (lambda_max +
-    ||dH||_F)``) is solved by one LU solve; the rest by :func:`_solve_each`'s
+    In Jacobi-scaled coordinates (``A = H_full / (d d^T)``, ``B`` a unit's
+    scaled change, ``z = d s``), ``rho = ||B||_F / lambda_min(A)`` bounds the
+    contraction of the fixed-point iteration ``z <- A^-1 (b + B z)`` (the
+    Neumann series of ``(A - B)^-1``), so the error after a step is at most
+    ``rho / (1 - rho)`` times the step. Units with ``rho < 1/2`` are iterated
+    (products with the change and with ``inverse = H_full^-1``, ``O(p^2)`` each,
+    against an ``O(p^3)`` factorization per unit) until that bound is below
+    ``_NEUMANN_RTOL`` relative, for at most ``_NEUMANN_MAX_STEPS`` steps; a
+    block of units of about ``_NEWTON_BLOCK_ELEMENTS`` numbers at a time (their
+    Hessian changes asked for then), so that its changes stay in cache
+    through the steps. Of the others, a unit
+    whose change is provably too small to bring an eigenvalue near zero (Weyl:
+    ``lambda_min - ||B||_F > _SINGULAR_RCOND (lambda_max + ||B||_F)``) is
+    solved by one LU solve; the rest by :func:`_solve_each`'s
     eigendecomposition (the same steps to rounding, 10-20x slower).
-    ``scaled_eigenvalues``: those of ``H_full / (scale scale^T)``, ascending.
+    ``scaled_eigenvalues``: those of ``A``, ascending; ``inverse`` is None
+    when ``H_full`` is not positive definite.
     """
-    dH = hess_change(chunk)
     g = g_full - grad_change(chunk)
-    d = scale
+    step = np.empty(g.shape)
+    singular = np.zeros(g.shape[0], dtype=bool)
+    size = max(1, _NEWTON_BLOCK_ELEMENTS // g.shape[1] ** 2)
+    for lo in range(0, g.shape[0], size):
+        block = slice(lo, lo + size)
+        step[block], singular[block] = _local_newton_block(
+            hess_change(chunk[block]), g[block], H_full, scale, scaled_eigenvalues, inverse)
+    return np.column_stack([-step, singular])
+
+
+def _local_newton_block(change, g, H_full, d, lam, inverse):
+    """Steps ``(H_full - dH[k])^-1 g[k]`` and singular flags of one block (see above).
+
+    ``change``: the block's ``hessian_changes``, an array or ``(D, x, y)`` with
+    ``dH = D + x y^T + y x^T`` (see :class:`ModelDerivatives`).
+    """
+    D, x, y = change if isinstance(change, tuple) else (change, None, None)
     outer = d[:, None] * d[None, :]
-    lam = scaled_eigenvalues
-    finite = np.all(np.isfinite(dH), axis=(1, 2)) & np.all(np.isfinite(g), axis=1)
     with np.errstate(all="ignore"):
-        spread = np.sqrt(np.einsum("kij,ij,kij->k", dH, 1.0 / (outer * outer), dH))
-        safe = (finite & (lam[0] - spread > _SINGULAR_RCOND * (lam[-1] + spread))
+        # ||B||_F^2; a non-finite change gives a non-finite spread
+        squares = np.square(D.reshape(D.shape[0], -1)) @ (1.0 / (outer * outer)).ravel()
+        if x is not None:   # + 4 x'D y + 2 (|x|^2 |y|^2 + (x'y)^2), scaled; rounding bound
+            xs, ys = x / d, y / d
+            low = 2.0 * (np.einsum("ij,ij->i", xs, xs) * np.einsum("ij,ij->i", ys, ys)
+                         + np.einsum("ij,ij->i", xs, ys) ** 2)
+            cross = 4.0 * np.einsum("ij,ij->i", xs / d,
+                                    np.matmul(D, (ys / d)[:, :, None])[:, :, 0])
+            squares = np.maximum(squares + cross + low, 0.0) + 1e-10 * (squares + low)
+        spread = np.sqrt(squares)
+        safe = (np.isfinite(spread) & np.all(np.isfinite(g), axis=1)
+                & (lam[0] - spread > _SINGULAR_RCOND * (lam[-1] + spread))
                 & (lam[0] > spread))
         rho = np.where(safe, spread / lam[0], 1.0)
     step = np.empty(g.shape)
     singular = np.zeros(g.shape[0], dtype=bool)
-    fixed_point = safe & (rho < 0.5)
-    if fixed_point.any():
-        factor = scipy.linalg.cho_factor(H_full)
-        solve = lambda b: scipy.linalg.cho_solve(factor, b.T).T
-        ratio = rho / (1.0 - np.minimum(rho, 0.5))
-        with np.errstate(all="ignore"):   # (units beyond the bound are redone below)
-            s = solve(g)
-            for _ in range(_NEUMANN_MAX_STEPS):
-                s_next = solve(g + np.matmul(dH, s[:, :, None])[:, :, 0])
-                # the error after a step is at most ratio times the step (scaled norms)
-                done = (ratio * np.linalg.norm((s_next - s) * d, axis=1)
-                        <= _NEUMANN_RTOL * np.linalg.norm(s_next * d, axis=1))
-                s = s_next
-                # (the last few units cost less by LU than by more steps for all)
-                if np.count_nonzero(fixed_point & ~done) <= 0.03 * fixed_point.sum():
-                    break
-        fixed_point &= done
-        step[fixed_point] = s[fixed_point]
+    fixed_point = safe & (rho < 0.5) if inverse is not None else np.zeros_like(safe)
+    ratio = rho / (1.0 - np.minimum(rho, 0.5))
+    if fixed_point.all():   # (no copy of the block)
+        step, fixed_point = _neumann_steps((D, x, y), g, d, ratio, inverse)
+    elif fixed_point.any():
+        part = (D[fixed_point],) + ((None, None) if x is None else
+                                    (x[fixed_point], y[fixed_point]))
+        step[fixed_point], fixed_point[fixed_point] = _neumann_steps(
+            part, g[fixed_point], d, ratio[fixed_point], inverse)
     rest = ~fixed_point
     lu = safe & rest
     if lu.any():
-        H = (H_full - dH[lu]) / outer
+        H = (H_full - _dense_changes(D, x, y, lu)) / outer
         step[lu] = np.linalg.solve(H, (g[lu] / d)[:, :, None])[:, :, 0] / d
     other = rest & ~safe
     if other.any():
-        step[other], singular[other] = _solve_each(H_full - dH[other], g[other], scale)
-    return np.column_stack([-step, singular])
+        step[other], singular[other] = _solve_each(H_full - _dense_changes(D, x, y, other),
+                                                   g[other], d)
+    return step, singular
+
+
+def _dense_changes(D, x, y, where):
+    """``D + x y^T + y x^T`` at the units ``where`` (boolean), (k, p, p)."""
+    if x is None:
+        return D[where]
+    x, y = x[where], y[where]
+    return D[where] + x[:, :, None] * y[:, None, :] + y[:, :, None] * x[:, None, :]
+
+
+def _neumann_steps(change, g, d, ratio, inverse):
+    """Fixed-point steps ``s <- H_full^-1 (g + dH s)`` (see :func:`_local_newton_chunk`).
+
+    ``change``: ``(D, x, y)``, ``dH = D + x y^T + y x^T`` (``x`` None: ``dH =
+    D``). Returns the steps and whether each met ``_NEUMANN_RTOL``: the error
+    after a step is at most ``ratio`` times the step (both in scaled norm).
+    """
+    D, x, y = change
+    s = g @ inverse
+    for _ in range(_NEUMANN_MAX_STEPS):
+        product = np.matmul(D, s[:, :, None])[:, :, 0]
+        if x is not None:
+            product += (x * np.einsum("ij,ij->i", y, s)[:, None]
+                        + y * np.einsum("ij,ij->i", x, s)[:, None])
+        s_next = (g + product) @ inverse
+        difference, size = (s_next - s) * d, s_next * d
+        done = (ratio ** 2 * np.einsum("ij,ij->i", difference, difference)
+                <= _NEUMANN_RTOL ** 2 * np.einsum("ij,ij->i", size, size))
+        s = s_next
+        if done.all():
+            break
+    return s, done
 
 
 def _newton_chunk(chunk, *, loss, lossb, theta, n, damping, krylov, saddle_free, scale,

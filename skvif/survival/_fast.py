@@ -899,27 +899,37 @@ class CoxDerivatives(CoxCurvature):
         return self._cache["gradient"].take(rows, axis=0)
 
     def unit_order(self, units):
-        # rows by stratum and time: a chunk's rows then share their groups' series terms
-        rs = self._at[2]
-        rank = np.empty(rs.n_samples, dtype=np.intp)
-        rank[rs.time_order] = np.arange(rs.n_samples)
-        return np.argsort(rank[unit_rows(units)], kind="stable")
+        # rows in CoxHessianChanges.row_order: a chunk's rows then share their groups'
+        # series products (else by time, in blocks of the complex step)
+        closed_form = self._closed_form_hessian_changes()
+        if closed_form is None:
+            return np.arange(len(units))
+        return closed_form.row_order(unit_rows(units))
+
+    def _closed_form_hessian_changes(self):
+        """The (cached) :class:`._fast_hessian.CoxHessianChanges`, or None where its
+        per-group second moments would not fit."""
+        from ._fast_hessian import CoxHessianChanges, group_moments_fit
+        params, X, rs = self._at[:3]
+        if not group_moments_fit(rs.group_time.size, params.size):
+            return None
+        if "hessian_changes" not in self._cache:
+            with single_blas_thread(X.shape[0]):
+                self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
+                                                                   design=self._design)
+        return self._cache["hessian_changes"]
 
     def hessian_changes(self, units):
-        # closed form (._fast_hessian): the shared per-group tables built once, on first
+        # closed form (._fast_hessian): the shared per-group work done once, on first
         # use; each chunk of rows then costs O(k p^2). Where its per-group second
         # moments would not fit (many distinct event times and many columns), the
         # complex step instead: p gradient-change passes per block of rows
-        from ._fast_hessian import CoxHessianChanges, group_moments_fit
-        params, X, rs = self._at[:3]
         rows = unit_rows(units)
-        with single_blas_thread(X.shape[0]):
-            if not group_moments_fit(rs.group_time.size, params.size):
+        closed_form = self._closed_form_hessian_changes()
+        with single_blas_thread(self._at[1].shape[0]):
+            if closed_form is None:
                 return self._complex_step_hessian_changes(rows)
-            if "hessian_changes" not in self._cache:
-                self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
-                                                                   design=self._design)
-            return self._cache["hessian_changes"].rows(rows)
+            return closed_form.parts(rows)   # (D, x, y): D + x y^T + y x^T
 
     def _complex_step_hessian_changes(self, rows):
         # blocks of at most _CACHE_ELEMENTS numbers, the last one kept (the engine asks

@@ -41,8 +41,10 @@ __all__ = ["CoxHessianChanges", "closed_form_hessian_changes", "group_moments_fi
 
 _DOMINANT = 0.5      # rows with r_u > _DOMINANT * a_s on one of their slots: direct recompute
 _DIRECT_ROWS = 16    # up to this many of them by full Hessians, more by the complex step
-_TABLE_ELEMENTS = 2**27  # series prefix tables of all terms kept up to this many numbers (1 GiB)
-_MOMENT_ELEMENTS = 2**27  # the five per-group (n_groups, p^2) second-moment arrays, at most
+_STREAM_ELEMENTS = 2**22  # per-group series values computed at once (32 MiB)
+_WINDOW_ELEMENTS = 2**24  # series tables of one window of a block's groups (128 MiB)
+_SPECIAL_ELEMENTS = 2**27  # directly recomputed rows' changes kept up to this many numbers
+_MOMENT_ELEMENTS = 2**27  # the two per-group (n_groups, p^2) second-moment arrays, at most
 _MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
 _SHARED_GROUP = 4        # rows of a block per group from which the series is one product per group
 _GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
@@ -50,7 +52,7 @@ _GEMM_SEGMENT = 16       # segments at least this long on average: a matrix prod
 
 def group_moments_fit(n_groups, p):
     """Whether :class:`CoxHessianChanges`' per-group second moments fit ``_MOMENT_ELEMENTS``."""
-    return 5 * n_groups * p * p <= _MOMENT_ELEMENTS
+    return 2 * n_groups * p * p <= _MOMENT_ELEMENTS
 
 
 def _outer(a, b):
@@ -92,9 +94,13 @@ def _grouped_moments(X, r, rows, starts):
 class CoxHessianChanges:
     """``H(all) - H(without row u)`` of the Cox objective, for blocks of rows.
 
-    The shared per-group work (risk-set and death second moments, the series'
-    prefix tables, the own groups' terms) is done once, at construction;
-    :meth:`rows` then costs ``O(k p^2)`` plus the block's exact pairs.
+    The shared per-group work (risk-set and death second moments, the own
+    groups' terms) is done once, at construction; the series' prefix tables
+    are streamed along the groups as blocks of rows ask for them
+    (:meth:`_tables`), so :meth:`rows` costs ``O(k p^2)`` plus the block's
+    exact pairs, and nothing grows with the number of groups times ``p^2``
+    beyond the second moments. Rows asked for in the order of
+    :meth:`row_order` share their groups' products and the tables stream once.
 
     Parameters
     ----------
@@ -121,20 +127,20 @@ class CoxHessianChanges:
         n, p = X.shape
         self.p = p
         self.pp = p * p
-        # per group: risk-set and death sums of r x x^T (flattened)
+        # per group, flattened: the risk-set and death sums of r x x^T (S2, D2; the
+        # products of the first moments are formed where needed, :meth:`_moments`)
+        n_groups = rs.group_time.size
+        self.second_moments = second = np.empty((n_groups, 2, p * p))
         sorted_rows, _, indptr, restart, last = design.time
         if indptr.size > 1:
-            moments = _grouped_moments(X, st.r, sorted_rows, indptr[:-1])
-            cum = segment_cumsum(moments.T, restart).T
-            self.S2 = np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
+            cum = segment_cumsum(_grouped_moments(X, st.r, sorted_rows, indptr[:-1]).T,
+                                 restart).T
+            second[:, 0] = np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
         else:
-            self.S2 = np.zeros((last.size, p * p))
-        self.D2 = _grouped_moments(X, st.r, rs.deaths, rs.death_bounds[:-1])
-        S1, D1 = st.S1, st.D1  # (n_groups, p)
-        self.S1S1 = _outer(S1, S1)
-        SD = _outer(S1, D1).reshape(-1, p, p)
-        self.SD = (SD + np.swapaxes(SD, 1, 2)).reshape(-1, p * p)
-        self.D1D1 = _outer(D1, D1)
+            second[:, 0] = 0.0
+        second[:, 1] = _grouped_moments(X, st.r, rs.deaths, rs.death_bounds[:-1])
+        self.S2, self.D2 = second[:, 0], second[:, 1]
+        self.first_moments = np.stack([st.S1, st.D1], axis=1)    # (n_groups, 2, p)
         w = case_weights
         self.died = rs.event & (w > 0)
         # each row's at-risk slots before its own death group, and where the series stops
@@ -147,186 +153,249 @@ class CoxHessianChanges:
         self.special = np.flatnonzero((st.r > 0) & (st.r > _DOMINANT * reach))
         self._special_cache = None
         # own group terms before removal: sum_{s in g} c_s V_s
-        self.before = self._group_terms(np.ones_like(st.a), 0)
+        coef = self._coefficients(np.ones_like(st.a)[None], [0])
+        self.before = np.empty((n_groups, p * p))
+        size = max(1, _STREAM_ELEMENTS // (5 * p * p))
+        for a in range(0, n_groups, size):
+            b = min(a + size, n_groups)
+            self.before[a:b] = -np.matmul(coef[a:b], self._moments(a, b))[:, 0]
         self._setup_own()
         self._setup_series()
 
+    def _moments(self, a, b):
+        """``[S2, D2, S1 S1^T, S1 D1^T + D1 S1^T, D1 D1^T]`` of groups ``a:b``, (b - a, 5, p^2)."""
+        p = self.p
+        out = np.empty((b - a, 5, self.pp))
+        out[:, :2] = self.second_moments[a:b]
+        S1, D1 = self.first_moments[a:b, 0], self.first_moments[a:b, 1]
+        out[:, 2] = _outer(S1, S1)
+        SD = _outer(S1, D1).reshape(-1, p, p)
+        out[:, 3] = (SD + np.swapaxes(SD, 1, 2)).reshape(-1, self.pp)
+        out[:, 4] = _outer(D1, D1)
+        return out
+
     # ----------------------------------------------------------------------
     def _sigma(self, weight, k, l):
+        """Per group ``sum_s c_s weight_s f_s^k / a_s^l``; ``weight`` (terms, n_slots)."""
         st = self.st
-        return st.per_group(st.c * weight * st.frac ** k / st.a ** l)
+        return st.per_group(st.c * weight * st.frac ** k / st.a ** l).T
 
-    def _group_terms(self, weight, j):
-        """Per group ``sum_s c_s weight_s [-C_s/a_s + (j+1) m_s m_s^T]`` (flattened).
+    def _coefficients(self, weight, terms):
+        """Per group and term ``j`` the coefficients of the five moments in term ``j``.
 
-        For ``j = 0`` (and weight 1) the group's Hessian term ``sum_s c_s V_s`` instead.
+        ``sum_s c_s weight_s [-C_s/a_s + (j+1) m_s m_s^T]``, as (n_groups,
+        n_terms, 5) coefficients of :meth:`_moments`; ``j = 0`` with weight 1 gives
+        minus the group's Hessian term ``sum_s c_s V_s``.
         """
-        s01, s11 = self._sigma(weight, 0, 1), self._sigma(weight, 1, 1)
-        s02, s12, s22 = (self._sigma(weight, k, 2) for k in range(3))
-        mat = (-self.S2 * s01[:, None] + self.D2 * s11[:, None]
-               + (j + 1) * (self.S1S1 * s02[:, None] - self.SD * s12[:, None]
-                            + self.D1D1 * s22[:, None]))
-        if j == 0:
-            return -mat   # sum c V
-        return mat
+        j1 = np.asarray(terms, dtype=float) + 1.0
+        return np.stack([-self._sigma(weight, 0, 1), self._sigma(weight, 1, 1),
+                         j1 * self._sigma(weight, 0, 2), -j1 * self._sigma(weight, 1, 2),
+                         j1 * self._sigma(weight, 2, 2)], axis=2)
 
     def _setup_series(self):
-        """Normalization blocks of the series (as :func:`._fast._series_sums`)."""
+        """Normalization blocks of the series (as :func:`._fast._series_sums`).
+
+        Term ``j`` of a row whose series ends at group ``g`` is ``u^j`` times the
+        prefix sum up to ``g`` of its per-group matrix (the coefficients
+        ``self.matrix_coef`` of :meth:`_moments`) and of its vector and scalar
+        parts (``self.vector_coef`` of ``first_moments`` and ``self.scalar``),
+        with ``u = r / exp(log_ref[g])``; a new normalization block rescales
+        the sums carried into it by ``_BLOCK^(-j gap)``, a new stratum starts
+        from zero.
+        """
         st, rs = self.st, self.st.rs
         n_groups = self.envelope.size
         self.n_groups = n_groups
         if n_groups == 0:
-            self._stack = None
             return
         group_start = np.searchsorted(rs.group_stratum, np.arange(rs.n_strata))
         self.group_start = group_start
         top = self.envelope[group_start[rs.group_stratum]]
         block = np.floor(np.log(top / self.envelope) / np.log(_BLOCK)).astype(np.intp)
         self.log_ref = np.log(top) - (block + 1) * np.log(_BLOCK)
-        self.ratio = np.exp(self.log_ref[st.slot_group]) / st.a
-        new_segment = np.ones(n_groups, dtype=bool)
-        new_segment[1:] = ((block[1:] != block[:-1])
-                           | (rs.group_stratum[1:] != rs.group_stratum[:-1]))
-        self.seg_starts = seg_starts = np.flatnonzero(new_segment)
-        self.segment = np.cumsum(new_segment) - 1
-        rank = np.zeros(seg_starts.size, dtype=np.intp)
-        for i in np.flatnonzero(~np.isin(seg_starts, group_start)):
-            rank[i] = rank[i - 1] + 1
-        self.rank = rank
-        self.gap = np.zeros(seg_starts.size)
-        self.gap[1:] = block[seg_starts[1:]] - block[seg_starts[:-1]]
-        q = self.pp
-        # every term's table, (n_groups, terms, values) split in the matrix part and the
-        # vector and scalar part (contiguous products), or None: rebuilt per block of rows
-        self._stack = None
-        if _TERMS * n_groups * (q + self.p + 1) <= _TABLE_ELEMENTS:
-            self._stack = (np.empty((n_groups, _TERMS, q)),
-                           np.empty((n_groups, _TERMS, self.p + 1)))
-            for j in range(1, _TERMS + 1):
-                table = self._table(j)
-                self._stack[0][:, j - 1], self._stack[1][:, j - 1] = table[:, :q], table[:, q:]
+        ratio = np.exp(self.log_ref[st.slot_group]) / st.a
+        terms = np.arange(1, _TERMS + 1)
+        weight = ratio[None, :] ** terms[:, None]            # (terms, n_slots)
+        self.matrix_coef = self._coefficients(weight, terms)
+        self.vector_coef = np.stack([terms * self._sigma(weight, 0, 1),
+                                     -terms * self._sigma(weight, 1, 1)], axis=2)
+        self.scalar = terms * self._sigma(weight, 0, 0)       # (n_groups, terms)
+        self.segment_start = np.ones(n_groups, dtype=bool)
+        self.segment_start[1:] = ((block[1:] != block[:-1])
+                                  | (rs.group_stratum[1:] != rs.group_stratum[:-1]))
+        self.stratum_start = np.zeros(n_groups, dtype=bool)
+        self.stratum_start[group_start] = True
+        self.gap = np.zeros(n_groups)
+        self.gap[1:] = block[1:] - block[:-1]
+        # the stream: prefix sums (terms, values) up to group self._next - 1
+        self._next = 0
+        self._running = (np.zeros((_TERMS, self.pp)), np.zeros((_TERMS, self.p + 1)))
 
-    def _table(self, j):
-        """Prefix sums (with the carried blocks) of term ``j``: (n_groups, p^2 + p + 1)."""
+    def row_order(self, rows):
+        """An order of ``rows`` in which their series share groups and tables stream.
+
+        By the group where each row's series ends (rows without one first), dying
+        rows whose own group comes next first within it.
+        """
+        rows = np.asarray(rows, dtype=np.intp)
+        last, aligned = self._series_groups(rows)
+        return np.lexsort((~aligned, last))
+
+    def _series_groups(self, rows):
+        """Each row's last series group (-1: none) and whether its own group is the next."""
         st = self.st
-        weight = self.ratio ** j
-        mat = self._group_terms(weight, j)
-        s01, s11 = self._sigma(weight, 0, 1), self._sigma(weight, 1, 1)
-        vec = j * (st.S1 * s01[:, None] - st.D1 * s11[:, None])
-        sca = j * self._sigma(weight, 0, 0)
-        per_group = np.column_stack([mat, vec, sca])
-        n_groups, seg_starts = self.n_groups, self.seg_starts
-        cum = segment_cumsum(per_group.T, seg_starts).T
-        totals = cum[np.append(seg_starts[1:], n_groups) - 1]
-        carry = np.zeros_like(totals)
-        factor = _BLOCK ** (-j * np.maximum(self.gap, 0))  # (gap < 0: new stratum)
-        for step in range(1, self.rank.max() + 1):
-            now = np.flatnonzero(self.rank == step)
-            carry[now] = factor[now, None] * (carry[now - 1] + totals[now - 1])
-        return cum + carry[self.segment]
+        last = self.cut[rows] - 1
+        if self.n_groups:
+            last[(last < self.group_start[st.rs.row_stratum[rows]]) | ~(st.r[rows] > 0)] = -1
+        else:
+            last[:] = -1
+        return last, (last >= 0) & (self.own_group[rows] == last + 1)
+
+    def _tables(self, groups, mat, vec):
+        """The series' prefix tables at ``groups`` (sorted, unique) into ``mat``, ``vec``.
+
+        ``mat`` (n, terms, p^2) and ``vec`` (n, terms, p + 1). Continues the stream
+        from the last group computed (whose tables are the running sums), or
+        restarts it at the stratum's first group when ``groups`` lie before it;
+        per-group values in blocks of about ``_STREAM_ELEMENTS`` numbers.
+        """
+        done = 0
+        if groups[0] == self._next - 1:
+            mat[0], vec[0] = self._running
+            done = 1
+        elif groups[0] < self._next:
+            self._next = self.group_start[self.st.rs.group_stratum[groups[0]]]
+        size = max(1, _STREAM_ELEMENTS // (_TERMS * (self.pp + self.p + 1)))
+        terms = np.arange(1, _TERMS + 1)[:, None]
+        while done < groups.size:
+            a = self._next
+            b = min(a + size, groups[-1] + 1)
+            values = (np.matmul(self.matrix_coef[a:b], self._moments(a, b)),
+                      np.concatenate([np.matmul(self.vector_coef[a:b],
+                                                self.first_moments[a:b]),
+                                      self.scalar[a:b, :, None]], axis=2))
+            for value, run in zip(values, self._running):
+                for g in range(a, b):   # (a loop: faster than cumsum along the groups)
+                    if self.stratum_start[g]:
+                        run[:] = 0.0
+                    elif self.segment_start[g]:
+                        run *= _BLOCK ** (-terms * self.gap[g])
+                    run += value[g - a]
+                    value[g - a] = run
+            stop = np.searchsorted(groups, b)
+            mat[done:stop] = values[0][groups[done:stop] - a]
+            vec[done:stop] = values[1][groups[done:stop] - a]
+            done = stop
+            self._next = b
 
     # ----------------------------------------------------------------------
     def _series(self, rows):
-        """Series part over each row's groups ``[g_lo, cut)``, flattened (k, p^2).
+        """Series part over each row's groups ``[g_lo, cut)``: ``D + x y^T + y x^T``.
 
-        Where many rows share a group, one product per group
-        (:meth:`_grouped_sums`), which also adds the own tie group's terms
-        (:meth:`_add_own`) of the dying rows whose series ends just before it;
-        also returns which rows these were (boolean, (k,)).
+        Returns ``D`` flattened (k, p^2), ``y`` (k, p) and which rows' own tie
+        group terms are in already (boolean, (k,)): where many rows share a
+        group, one product per group (:meth:`_grouped_sums`), which also adds
+        the own tie group's terms (:meth:`_own_parts`) of the dying rows whose
+        series ends just before it.
         """
         st, q, p = self.st, self.pp, self.p
-        own_done = np.zeros(rows.size, dtype=bool)
-        if self.n_groups == 0:
-            return np.zeros((rows.size, q)), own_done
-        rs = st.rs
-        g_end = self.cut[rows]
-        keep = np.flatnonzero((g_end > self.group_start[rs.row_stratum[rows]])
-                              & (st.r[rows] > 0))
-        if keep.size == 0:
-            return np.zeros((rows.size, q)), own_done
-        last = g_end[keep] - 1
-        bound = st.r[rows[keep]] / self.envelope[last]
-        needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
-        factors = np.zeros((keep.size, p, 5))     # the rank-five update's two factors
-        weights = np.zeros((keep.size, 5, p))
-        if (self._stack is not None
-                and np.unique(last).size * _SHARED_GROUP <= keep.size):
-            keep, mat, vec, aligned = self._grouped_sums(rows, keep, last, needed)
-            u = rows[keep[aligned]]
-            own_done[keep[aligned]] = True
-            factors[aligned, :, 2:], weights[aligned, 2:] = self._own_rank_three(
-                u, self.own_group[u])
-        else:
-            keep, mat, vec = self._term_sums(rows, keep, last, needed)
-        x = st.X.take(rows[keep], axis=0)   # (take: faster than fancy indexing)
-        # sca x x^T - x v^T - v x^T = x h^T + h x^T with h = sca x / 2 - v, and the own
-        # terms' rank-three part: one (k, p, 5) @ (k, 5, p) product
-        h = 0.5 * vec[:, -1:] * x - vec[:, :p]
-        factors[:, :, 0], factors[:, :, 1] = x, h
-        weights[:, 0], weights[:, 1] = h, x
-        mat += np.matmul(factors, weights).reshape(keep.size, q)
-        if keep.size == rows.size:  # every row: a permutation of mat's rows
-            return mat.take(np.argsort(keep), axis=0), own_done
         out = np.zeros((rows.size, q))
-        out[keep] = mat
-        return out, own_done
+        y_out = np.zeros((rows.size, p))
+        own_done = np.zeros(rows.size, dtype=bool)
+        last, aligned = self._series_groups(rows)
+        keep = np.flatnonzero(last >= 0)
+        if keep.size == 0:
+            return out, y_out, own_done
+        order = np.lexsort((~aligned[keep], last[keep]))
+        if np.any(order[1:] < order[:-1]):
+            keep = keep[order]
+        last, aligned = last[keep], aligned[keep]
+        u = rows[keep]
+        bound = st.r[u] / self.envelope[last]
+        needed = np.minimum(np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))),
+                            _TERMS).astype(int)
+        # y: from the vector and scalar terms (and the own group's where it is folded in)
+        y = np.zeros((keep.size, p))
+        contiguous = keep[-1] - keep[0] == keep.size - 1 and not np.any(order[1:] < order[:-1])
+        mat = out[keep[0]:keep[-1] + 1] if contiguous else np.empty((keep.size, q))
+        groups, first = np.unique(last, return_index=True)
+        bounds = np.append(first, keep.size)
+        if groups.size * _SHARED_GROUP <= keep.size:
+            self._grouped_sums(u, last, needed, aligned, groups, bounds, mat, y)
+            own_done[keep[aligned]] = True
+        else:
+            self._term_sums(u, last, needed, groups, bounds, mat, y)
+        if not contiguous:
+            out[keep] = mat
+        y_out[keep] = y
+        return out, y_out, own_done
 
-    def _grouped_sums(self, rows, keep, last, needed):
+    def _windows(self, groups, bounds, extra):
+        """Windows of consecutive ``groups`` whose tables hold ``_WINDOW_ELEMENTS`` numbers.
+
+        Yields the window's first and one-past-last group positions and its tables
+        (n, extra + terms, p^2), (n, terms, p + 1), the first ``extra`` matrices
+        left for the caller.
+        """
+        size = max(1, _WINDOW_ELEMENTS // ((extra + _TERMS) * self.pp))
+        for lo in range(0, groups.size, size):
+            hi = min(lo + size, groups.size)
+            mat = np.empty((hi - lo, extra + _TERMS, self.pp))
+            vec = np.empty((hi - lo, _TERMS, self.p + 1))
+            self._tables(groups[lo:hi], mat[:, extra:], vec)
+            yield lo, hi, mat, vec
+
+    def _grouped_sums(self, u, last, needed, aligned, groups, bounds, mat, y):
         """The series sums as (rows of a group x terms) @ (terms x values), group by group.
 
-        Powers ``u^j`` where the row needs term ``j``, 0 beyond. Within a group
-        the dying rows whose own group comes next (``aligned``) first: their
-        own group's matrix terms by one more product. Returns the rows' order
-        (``keep``), the matrix and vector parts and ``aligned``.
+        Rows ``u`` sorted by ``last`` (their last series group; ``bounds``: where
+        each of ``groups`` starts), the dying rows whose own group comes next
+        (``aligned``) first: for them the own group's matrices (:meth:`_own_parts`)
+        join the product. Powers ``u^j`` where the row needs term ``j``, 0 beyond.
+        Writes the matrix parts into ``mat`` and adds the vector parts to ``y``.
         """
         st = self.st
-        aligned = self.own_group[rows[keep]] == last + 1
-        by_group = np.lexsort((~aligned, last))
-        keep, last, needed, aligned = (keep[by_group], last[by_group], needed[by_group],
-                                       aligned[by_group])
-        u = rows[keep]
-        E = self.own_E.take(self.own_index[u[aligned]], axis=1)
-        own_coef = np.zeros((keep.size, 3))
-        own_coef[aligned] = np.column_stack([np.ones(E.shape[1]), -E[0], E[1]])
-        terms = np.arange(1, _TERMS + 1)
-        powers = np.where(terms <= needed[:, None],
-                          (st.r[u] / np.exp(self.log_ref[last]))[:, None] ** terms, 0.0)
-        groups = np.unique(last)
-        bounds = np.append(np.searchsorted(last, groups), keep.size)
+        coef = np.zeros((u.size, 6 + _TERMS))
+        coef[:, 6:] = np.where(np.arange(1, _TERMS + 1) <= needed[:, None],
+                               (st.r[u] / np.exp(self.log_ref[last]))[:, None]
+                               ** np.arange(1, _TERMS + 1), 0.0)
+        coef[aligned, :6], y[aligned] = self._own_parts(u[aligned], last[aligned] + 1)
         n_aligned = np.add.reduceat(aligned, bounds[:-1])
-        n_terms = np.maximum.reduceat(np.minimum(needed, _TERMS), bounds[:-1])
-        mat, vec = np.empty((keep.size, self.pp)), np.empty((keep.size, self.p + 1))
-        for i, g in enumerate(groups):
-            lo, hi, j = bounds[i], bounds[i + 1], n_terms[i]  # (the terms its rows need)
-            np.matmul(powers[lo:hi, :j], self._stack[0][g, :j], out=mat[lo:hi])
-            np.matmul(powers[lo:hi, :j], self._stack[1][g, :j], out=vec[lo:hi])
-            if n_aligned[i]:
-                top = lo + n_aligned[i]
-                mat[lo:top] += own_coef[lo:top] @ np.stack(
-                    [self.before[g + 1], self.S2[g + 1], self.D2[g + 1]])
-        return keep, mat, vec, aligned
+        n_terms = np.maximum.reduceat(needed, bounds[:-1])
+        vector = np.empty((u.size, self.p + 1))
+        for w_lo, w_hi, tables, vectors in self._windows(groups, bounds, 6):
+            for i in range(w_lo, w_hi):
+                lo, hi, j = bounds[i], bounds[i + 1], n_terms[i]  # (the terms its rows need)
+                own = 0 if n_aligned[i] else 6
+                if n_aligned[i]:
+                    g = groups[i] + 1
+                    tables[i - w_lo, 0] = self.before[g]
+                    tables[i - w_lo, 1:6] = self._moments(g, g + 1)[0]
+                np.matmul(coef[lo:hi, own:6 + j], tables[i - w_lo, own:6 + j], out=mat[lo:hi])
+                np.matmul(coef[lo:hi, 6:6 + j], vectors[i - w_lo, :j], out=vector[lo:hi])
+        self._add_vector_part(u, vector, y)
 
-    def _term_sums(self, rows, keep, last, needed):
-        """The series sums term by term (few rows per group), rows needing more first."""
-        st, q = self.st, self.pp
-        by_need = np.argsort(-needed, kind="stable")
-        keep, last, needed = keep[by_need], last[by_need], needed[by_need]
-        u = st.r[rows[keep]] / np.exp(self.log_ref[last])
-        power = np.ones(keep.size)
-        mat, vec = np.zeros((keep.size, q)), np.zeros((keep.size, self.p + 1))
-        for j in range(1, _TERMS + 1):
-            k = np.count_nonzero(needed >= j)
-            if k == 0:
-                break
-            power[:k] *= u[:k]
-            if self._stack is not None:
-                mat[:k] += power[:k, None] * self._stack[0][:, j - 1].take(last[:k], axis=0)
-                vec[:k] += power[:k, None] * self._stack[1][:, j - 1].take(last[:k], axis=0)
-            else:
-                table = self._table(j).take(last[:k], axis=0)
-                mat[:k] += power[:k, None] * table[:, :q]
-                vec[:k] += power[:k, None] * table[:, q:]
-        return keep, mat, vec
+    def _term_sums(self, u, last, needed, groups, bounds, mat, y):
+        """The series sums term by term (few rows per group)."""
+        power = (self.st.r[u] / np.exp(self.log_ref[last]))[:, None] ** np.arange(1, _TERMS + 1)
+        power[np.arange(1, _TERMS + 1) > needed[:, None]] = 0.0
+        mat[:] = 0.0
+        vector = np.zeros((u.size, self.p + 1))
+        for w_lo, w_hi, tables, vectors in self._windows(groups, bounds, 0):
+            rows = slice(bounds[w_lo], bounds[w_hi])
+            at = np.repeat(np.arange(w_hi - w_lo), np.diff(bounds[w_lo:w_hi + 1]))
+            for j in range(_TERMS):
+                here = np.flatnonzero(power[rows, j])
+                if here.size == 0:
+                    continue
+                sel = bounds[w_lo] + here
+                mat[sel] += power[sel, j, None] * tables[:, j].take(at[here], axis=0)
+                vector[sel] += power[sel, j, None] * vectors[:, j].take(at[here], axis=0)
+        self._add_vector_part(u, vector, y)
+
+    def _add_vector_part(self, u, vector, y):
+        """Add ``h = sca x / 2 - v`` to ``y``: ``sca x x^T - x v^T - v x^T = x h^T + h x^T``."""
+        y += 0.5 * vector[:, -1:] * self.st.X.take(u, axis=0) - vector[:, :-1]
 
     def _add_exact(self, rows, out):
         """Add the slots from each row's cut to its own time, pair by pair, to ``out`` (k, p^2)."""
@@ -382,48 +451,56 @@ class CoxHessianChanges:
         self.own_index[u] = np.arange(u.size)
         self.own_E = weight * E          # (5, n_dying): the slot weight times the sums
 
-    def _own_rank_three(self, u, g):
-        """The mean terms of :meth:`_add_own` for dying rows ``u`` of groups ``g``.
+    def _own_parts(self, u, g):
+        """The own tie group's before minus after removing dying rows ``u`` (groups ``g``).
 
-        As ``left @ right``, (k, p, 3) and (k, 3, p).
+        After: ``c' [S2' E0 - D2' E1 - s1' s1'^T E2 + (s1' d1'^T + d1' s1'^T) E3 -
+        d1' d1'^T E4]`` with the group's sums without the row (primes:
+        ``S2' = S2 - r x x^T``, ``s1' = S1 - r x``, ...). With ``s1'``, ``d1'``
+        expanded, the change is ``[1, -E0, E1, E2, -E3, E4]`` times the group's
+        ``[before, moments]`` (:meth:`_moments`) plus ``x y^T + y x^T``; returns those coefficients
+        (k, 6) and ``y`` (k, p).
         """
         st = self.st
         E = self.own_E.take(self.own_index[u], axis=1)
         ru, x = st.r[u], st.X.take(u, axis=0)
-        rx = ru[:, None] * x
-        s1, d1 = st.S1.take(g, axis=0) - rx, st.D1.take(g, axis=0) - rx
-        left = np.stack([rx * (E[0] - E[1])[:, None], E[2][:, None] * s1 - E[3][:, None] * d1,
-                         E[4][:, None] * d1 - E[3][:, None] * s1], axis=2)
-        return left, np.stack([x, s1, d1], axis=1)
+        coef = np.column_stack([np.ones(u.size), -E[0], E[1], E[2], -E[3], E[4]])
+        alpha = ru * (E[0] - E[1]) + ru ** 2 * (E[2] - 2.0 * E[3] + E[4])
+        y = (0.5 * alpha[:, None] * x
+             + (ru * (E[3] - E[2]))[:, None] * st.S1.take(g, axis=0)
+             + (ru * (E[3] - E[4]))[:, None] * st.D1.take(g, axis=0))
+        return coef, y
 
-    def _add_own(self, rows, out, done):
-        """Add the own tie group's before minus after removing each dying row to ``out``.
+    def _add_own(self, rows, out, y, done):
+        """Add the own tie group's change (:meth:`_own_parts`) of dying ``rows`` to ``out``, ``y``.
 
-        After: ``c' [S2' E0 - D2' E1 - s1' s1'^T E2 + (s1' d1'^T + d1' s1'^T) E3 -
-        d1' d1'^T E4]`` with the group's sums without the row (primes). Rows
-        ``done`` (boolean) already have it (:meth:`_series`).
+        Rows ``done`` (boolean) already have it (:meth:`_series`); the others by
+        one product per own group.
         """
         here = np.flatnonzero((self.own_index[rows] >= 0) & ~done)
         if here.size == 0:
             return
+        here = here[np.argsort(self.own_group[rows[here]], kind="stable")]
         u = rows[here]
         g = self.own_group[u]
-        E = self.own_E.take(self.own_index[u], axis=1)
-        # before - (S2 - r x x^T) E0 + (D2 - r x x^T) E1 - (the mean terms)
-        change = self.before.take(g, axis=0)
-        change -= self.S2.take(g, axis=0) * E[0][:, None]
-        change += self.D2.take(g, axis=0) * E[1][:, None]
-        left, right = self._own_rank_three(u, g)
-        change += np.matmul(left, right).reshape(u.size, -1)
+        coef, y_own = self._own_parts(u, g)
+        groups, first = np.unique(g, return_index=True)
+        bounds = np.append(first, u.size)
+        matrices = np.empty((6, self.pp))
+        change = np.empty((u.size, self.pp))
+        for i, group in enumerate(groups):
+            matrices[0], matrices[1:] = self.before[group], self._moments(group, group + 1)[0]
+            np.matmul(coef[bounds[i]:bounds[i + 1]], matrices, out=change[bounds[i]:bounds[i + 1]])
         out[here] += change
+        y[here] += y_own
 
     def _special_rows(self, positions):
         """Direct ``H(all) - H(without u)`` of ``self.special[positions]``, (k, p, p).
 
         All of them are computed (and kept) at once when they hold at most
-        ``_TABLE_ELEMENTS`` numbers; otherwise those asked for, each time.
+        ``_SPECIAL_ELEMENTS`` numbers; otherwise those asked for, each time.
         """
-        if self.special.size * self.pp > _TABLE_ELEMENTS:
+        if self.special.size * self.pp > _SPECIAL_ELEMENTS:
             return self._direct_changes(self.special[positions])
         if self._special_cache is None:
             self._special_cache = self._direct_changes(self.special)
@@ -441,12 +518,15 @@ class CoxHessianChanges:
             values[i] = H - gradient_and_hessian(params, X, rs, keep, ties, 0.0, design)[1]
         return values
 
-    def rows(self, rows):
-        """``H(all) - H(without row u)`` for ``rows``, shape (k, p, p)."""
+    def parts(self, rows):
+        """``H(all) - H(without row u)`` for ``rows`` as ``(D, x, y)``: ``D + x y^T + y x^T``.
+
+        Shapes (k, p, p), (k, p), (k, p); ``x`` the rows of the design.
+        """
         rows = np.asarray(rows, dtype=np.intp)
-        flat, own_done = self._series(rows)
+        flat, y, own_done = self._series(rows)
         self._add_exact(rows, flat)
-        self._add_own(rows, flat, own_done)
+        self._add_own(rows, flat, y, own_done)
         out = flat.reshape(rows.size, self.p, self.p)   # symmetric to rounding
         if self.special.size:
             where = np.searchsorted(self.special, rows)
@@ -455,7 +535,13 @@ class CoxHessianChanges:
                                     == rows))
             if hit.size:
                 out[hit] = self._special_rows(where[hit])
-        return out
+                y[hit] = 0.0
+        return out, self.st.X.take(rows, axis=0), y
+
+    def rows(self, rows):
+        """``H(all) - H(without row u)`` for ``rows``, shape (k, p, p)."""
+        D, x, y = self.parts(rows)
+        return D + x[:, :, None] * y[:, None, :] + y[:, :, None] * x[:, None, :]
 
 
 def closed_form_hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None):
