@@ -1187,23 +1187,26 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
                         scaled_eigenvalues, inverse):
     """Newton steps from the model's closed-form gradient and Hessian changes.
 
-    In Jacobi-scaled coordinates (``A = H_full / (d d^T)``, ``B`` a unit's
-    scaled change, ``z = d s``), ``rho = ||B||_F / lambda_min(A)`` bounds the
-    contraction of the fixed-point iteration ``z <- A^-1 (b + B z)`` (the
-    Neumann series of ``(A - B)^-1``), so the error after a step is at most
-    ``rho / (1 - rho)`` times the step. Units with ``rho < 1/2`` are iterated
-    (products with the change and with ``inverse = H_full^-1``, ``O(p^2)`` each,
-    against an ``O(p^3)`` factorization per unit) until that bound is below
-    ``_NEUMANN_RTOL`` relative, for at most ``_NEUMANN_MAX_STEPS`` steps; a
-    block of units of about ``_NEWTON_BLOCK_ELEMENTS`` numbers at a time (their
-    Hessian changes asked for then), so that its changes stay in cache
-    through the steps. Of the others, a unit
-    whose change is provably too small to bring an eigenvalue near zero (Weyl:
-    ``lambda_min - ||B||_F > _SINGULAR_RCOND (lambda_max + ||B||_F)``) is
-    solved by one LU solve; the rest by :func:`_solve_each`'s
-    eigendecomposition (the same steps to rounding, 10-20x slower).
-    ``scaled_eigenvalues``: those of ``A``, ascending; ``inverse`` is None
-    when ``H_full`` is not positive definite.
+    A unit's change is ``dH = D + R`` with ``R = x y^T + y x^T`` (``R = 0``
+    when the model gives dense changes; see :class:`ModelDerivatives`). In
+    Jacobi-scaled coordinates (``A = H_full / (d d^T)``, tildes the scaled
+    changes, ``z = d s``), ``||R~||_2 = |x~| |y~| + |x~' y~|`` exactly and
+    ``||dH~||_2 <= ||D~||_F + ||R~||_2``, so ``rho = ||D~||_F / (lambda_min(A) -
+    ||R~||_2)`` bounds the contraction of the fixed-point iteration ``s <- (H_full
+    - R)^-1 (g + D s)`` (``(H_full - R)^-1`` by Woodbury from ``inverse =
+    H_full^-1``), and the error after a step is at most ``rho / (1 - rho)``
+    times the step. Units with ``||R~||_2 <= lambda_min / 2`` and ``rho < 1/2``
+    are iterated (``O(p^2)`` a step, against ``O(p^3)`` for a factorization per
+    unit) until that bound is below ``_NEUMANN_RTOL`` relative, for at most
+    ``_NEUMANN_MAX_STEPS`` steps; a block of units of about
+    ``_NEWTON_BLOCK_ELEMENTS`` numbers at a time (their changes asked for
+    then), so that they stay in cache through the steps. Of the others, a
+    unit whose change is provably too small to bring an eigenvalue near zero
+    (Weyl, with ``b = ||D~||_F + ||R~||_2``: ``lambda_min - b > _SINGULAR_RCOND
+    (lambda_max + b)``) is solved by one LU solve; the rest by
+    :func:`_solve_each`'s eigendecomposition (the same steps to rounding, 10-20x
+    slower). ``scaled_eigenvalues``: those of ``A``, ascending; ``inverse`` is
+    None when ``H_full`` is not positive definite.
     """
     g = g_full - grad_change(chunk)
     step = np.empty(g.shape)
@@ -1219,29 +1222,27 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
 def _local_newton_block(change, g, H_full, d, lam, inverse):
     """Steps ``(H_full - dH[k])^-1 g[k]`` and singular flags of one block (see above).
 
-    ``change``: the block's ``hessian_changes``, an array or ``(D, x, y)`` with
-    ``dH = D + x y^T + y x^T`` (see :class:`ModelDerivatives`).
+    ``change``: the block's ``hessian_changes``, an array ``D`` or ``(D, x, y)``.
     """
     D, x, y = change if isinstance(change, tuple) else (change, None, None)
     outer = d[:, None] * d[None, :]
     with np.errstate(all="ignore"):
-        # ||B||_F^2; a non-finite change gives a non-finite spread
-        squares = np.square(D.reshape(D.shape[0], -1)) @ (1.0 / (outer * outer)).ravel()
-        if x is not None:   # + 4 x'D y + 2 (|x|^2 |y|^2 + (x'y)^2), scaled; rounding bound
+        # ||D~||_F and ||R~||_2; a non-finite change gives a non-finite bound
+        dense = np.sqrt(np.square(D.reshape(D.shape[0], -1)) @ (1.0 / (outer * outer)).ravel())
+        low = 0.0
+        if x is not None:
             xs, ys = x / d, y / d
-            low = 2.0 * (np.einsum("ij,ij->i", xs, xs) * np.einsum("ij,ij->i", ys, ys)
-                         + np.einsum("ij,ij->i", xs, ys) ** 2)
-            cross = 4.0 * np.einsum("ij,ij->i", xs / d,
-                                    np.matmul(D, (ys / d)[:, :, None])[:, :, 0])
-            squares = np.maximum(squares + cross + low, 0.0) + 1e-10 * (squares + low)
-        spread = np.sqrt(squares)
-        safe = (np.isfinite(spread) & np.all(np.isfinite(g), axis=1)
-                & (lam[0] - spread > _SINGULAR_RCOND * (lam[-1] + spread))
-                & (lam[0] > spread))
-        rho = np.where(safe, spread / lam[0], 1.0)
+            low = (np.sqrt(np.einsum("ij,ij->i", xs, xs) * np.einsum("ij,ij->i", ys, ys))
+                   + np.abs(np.einsum("ij,ij->i", xs, ys)))
+        bound = dense + low
+        safe = (np.isfinite(bound) & np.all(np.isfinite(g), axis=1)
+                & (lam[0] - bound > _SINGULAR_RCOND * (lam[-1] + bound))
+                & (lam[0] > bound))
+        rho = np.where(safe, dense / (lam[0] - low), 1.0)
     step = np.empty(g.shape)
     singular = np.zeros(g.shape[0], dtype=bool)
-    fixed_point = safe & (rho < 0.5) if inverse is not None else np.zeros_like(safe)
+    fixed_point = (safe & (rho < 0.5) & (low <= 0.5 * lam[0]) if inverse is not None
+                   else np.zeros_like(safe))
     ratio = rho / (1.0 - np.minimum(rho, 0.5))
     if fixed_point.all():   # (no copy of the block)
         step, fixed_point = _neumann_steps((D, x, y), g, d, ratio, inverse)
@@ -1271,20 +1272,17 @@ def _dense_changes(D, x, y, where):
 
 
 def _neumann_steps(change, g, d, ratio, inverse):
-    """Fixed-point steps ``s <- H_full^-1 (g + dH s)`` (see :func:`_local_newton_chunk`).
+    """Fixed-point steps ``s <- (H_full - R)^-1 (g + D s)`` (see :func:`_local_newton_chunk`).
 
-    ``change``: ``(D, x, y)``, ``dH = D + x y^T + y x^T`` (``x`` None: ``dH =
-    D``). Returns the steps and whether each met ``_NEUMANN_RTOL``: the error
-    after a step is at most ``ratio`` times the step (both in scaled norm).
+    ``change``: ``(D, x, y)``, ``R = x y^T + y x^T`` (``x`` None: ``R = 0``).
+    Returns the steps and whether each met ``_NEUMANN_RTOL``: the error after
+    a step is at most ``ratio`` times the step (both in scaled norm).
     """
     D, x, y = change
-    s = g @ inverse
+    solve = _woodbury_solve(x, y, inverse)
+    s = solve(g)
     for _ in range(_NEUMANN_MAX_STEPS):
-        product = np.matmul(D, s[:, :, None])[:, :, 0]
-        if x is not None:
-            product += (x * np.einsum("ij,ij->i", y, s)[:, None]
-                        + y * np.einsum("ij,ij->i", x, s)[:, None])
-        s_next = (g + product) @ inverse
+        s_next = solve(g + np.matmul(D, s[:, :, None])[:, :, 0])
         difference, size = (s_next - s) * d, s_next * d
         done = (ratio ** 2 * np.einsum("ij,ij->i", difference, difference)
                 <= _NEUMANN_RTOL ** 2 * np.einsum("ij,ij->i", size, size))
@@ -1292,6 +1290,27 @@ def _neumann_steps(change, g, d, ratio, inverse):
         if done.all():
             break
     return s, done
+
+
+def _woodbury_solve(x, y, inverse):
+    """``b -> (H - x y^T - y x^T)^-1 b`` row by row, from ``inverse = H^-1`` (Woodbury).
+
+    With ``U = [x, y]``, ``V = [y, x]``: ``H^-1 b + H^-1 U C^-1 V^T H^-1 b``,
+    ``C = I - V^T H^-1 U`` (2 x 2 per row). ``x`` None: ``b -> H^-1 b``.
+    """
+    if x is None:
+        return lambda b: b @ inverse
+    Hx, Hy = x @ inverse, y @ inverse
+    xHy = np.einsum("ij,ij->i", y, Hx)
+    c11, c12, c21 = 1.0 - xHy, -np.einsum("ij,ij->i", y, Hy), -np.einsum("ij,ij->i", x, Hx)
+    det = c11 * c11 - c12 * c21
+
+    def solve(b):
+        t = b @ inverse
+        v1, v2 = np.einsum("ij,ij->i", y, t), np.einsum("ij,ij->i", x, t)
+        return (t + Hx * ((c11 * v1 - c12 * v2) / det)[:, None]
+                + Hy * ((c11 * v2 - c21 * v1) / det)[:, None])
+    return solve
 
 
 def _newton_chunk(chunk, *, loss, lossb, theta, n, damping, krylov, saddle_free, scale,

@@ -350,10 +350,12 @@ def test_newton_steps_unchanged_by_closed_form_hessian_changes(ties, monkeypatch
     assert np.abs((fast - ref) / np.abs(ref).max(axis=0)).max() < 1e-8
 
 
-def test_local_newton_solve_fast_path_matches_eigendecomposition(monkeypatch):
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_local_newton_solve_fast_path_matches_eigendecomposition(low_rank, monkeypatch):
     # the engine's fixed-point (Neumann) and LU solves (Weyl's bound: the unit's Hessian
     # is well away from singular) give _solve_each's steps; units near or at singular
-    # still go through it and are flagged
+    # still go through it and are flagged. The changes given dense, or as D + x y^T + y x^T
+    # with a dominant rank-two part (the Cox form: the fixed point around H - x y^T - y x^T)
     rng = np.random.default_rng(11)
     p, k = 5, 60
     A = rng.normal(size=(p, p))
@@ -369,14 +371,21 @@ def test_local_newton_solve_fast_path_matches_eigendecomposition(monkeypatch):
                         lambda *a: converged.append(neumann(*a)[1].sum()) or neumann(*a))
     dH[:5] = H_full                       # removing the unit leaves no curvature: singular
     dH[5:10] = 0.9 * H_full               # not covered by the bound: eigendecomposition
+    x, y = np.sqrt(size[:, :, 0]) * rng.normal(size=(2, k, p)) * units
+    R = x[:, :, None] * y[:, None, :] + y[:, :, None] * x[:, None, :]
+    if low_rank:
+        dH[10:] = 0.1 * dH[10:] + R[10:]
+        x[:10] = y[:10] = 0.0
     g_full = rng.normal(size=p) * units
     dg = rng.normal(size=(k, p)) * units
     scale = _engine._hessian_scale(H_full)
     lam = np.linalg.eigvalsh(_engine._jacobi_scaled(H_full))
     monkeypatch.setattr(_engine, "_NEWTON_BLOCK_ELEMENTS", 20 * p * p)   # three blocks
     inverse = _engine._positive_definite_inverse(H_full, scale, lam)
+    changes = ((lambda c: (dH[c] - R[c] * (c[:, None, None] >= 10), x[c], y[c])) if low_rank
+               else (lambda c: dH[c]))
     out = _engine._local_newton_chunk(np.arange(k), g_full=g_full, H_full=H_full,
-                                      grad_change=lambda c: dg[c], hess_change=lambda c: dH[c],
+                                      grad_change=lambda c: dg[c], hess_change=changes,
                                       scale=scale, scaled_eigenvalues=lam, inverse=inverse)
     step, singular = _engine._solve_each(H_full - dH, g_full - dg, scale)
     np.testing.assert_array_equal(out[:, -1].astype(bool), singular)

@@ -15,8 +15,10 @@ f_s D2_g``, ``S2``/``D2`` the group's risk-set/death sums of ``r x x^T``).
   ``t / (1 - t)^2 = sum_j j t^j`` turn the sums over a row's slots into
   prefix sums over the groups of per-group matrices (``S2_g, D2_g, S1 S1^T,
   S1 D1^T + D1 S1^T, D1 D1^T``) times per-group scalar sums of ``c_s f_s^k
-  a_s^-l``, normalized per block of groups as in :func:`._fast._series_sums`;
-  these tables are computed once and shared by all blocks of rows. The other
+  a_s^-l``, normalized per block of groups as in :func:`._fast._series_sums`.
+  The prefix tables are streamed along the groups (rows asked for in the
+  order of their series' last group: one pass, a window of groups in memory),
+  and the rows of one group take their sums as one matrix product. The other
   slots (``t > _RATIO``, a bounded number of pairs) are summed pair by pair.
 * The row's own tie group (when it dies): the group's term recomputed without
   the row, its Efron sums over the remaining tied deaths slot by slot, by a
@@ -27,7 +29,11 @@ f_s D2_g``, ``S2``/``D2`` the group's risk-set/death sums of ``r x x^T``).
   rows: at most about two per slot), or, when there are many such rows, by the
   complex step of :func:`._fast.hessian_changes` on those rows only.
 
-Matrices are kept flattened (``p * p`` numbers per group or row).
+The parts in ``x_u`` (``d d^T`` expanded, and the own group's) add up to
+``x_u y_u^T + y_u x_u^T``: :meth:`CoxHessianChanges.parts` returns them as
+``(D, x, y)`` (the engine never forms that rank-two part, see
+:class:`skvif._engine.ModelDerivatives`). Matrices are kept flattened (``p * p``
+numbers per group or row).
 """
 
 import numpy as np
@@ -159,6 +165,7 @@ class CoxHessianChanges:
         for a in range(0, n_groups, size):
             b = min(a + size, n_groups)
             self.before[a:b] = -np.matmul(coef[a:b], self._moments(a, b))[:, 0]
+        self._own_cache = (-1, None)
         self._setup_own()
         self._setup_series()
 
@@ -173,6 +180,14 @@ class CoxHessianChanges:
         out[:, 3] = (SD + np.swapaxes(SD, 1, 2)).reshape(-1, self.pp)
         out[:, 4] = _outer(D1, D1)
         return out
+
+    def _own_matrices(self, g):
+        """``[before, moments]`` of group ``g`` (6, p^2): the own group's terms (the last kept)."""
+        if self._own_cache[0] != g:
+            matrices = np.empty((6, self.pp))
+            matrices[0], matrices[1:] = self.before[g], self._moments(g, g + 1)[0]
+            self._own_cache = (g, matrices)
+        return self._own_cache[1]
 
     # ----------------------------------------------------------------------
     def _sigma(self, weight, k, l):
@@ -235,21 +250,26 @@ class CoxHessianChanges:
         """An order of ``rows`` in which their series share groups and tables stream.
 
         By the group where each row's series ends (rows without one first), dying
-        rows whose own group comes next first within it.
+        rows whose own group comes next first within it, then by the number of
+        series terms the row needs.
         """
         rows = np.asarray(rows, dtype=np.intp)
-        last, aligned = self._series_groups(rows)
-        return np.lexsort((~aligned, last))
+        return np.lexsort(self._series_groups(rows)[::-1])
 
     def _series_groups(self, rows):
-        """Each row's last series group (-1: none) and whether its own group is the next."""
+        """Each row's last series group (-1: none), whether its own group is the next
+        (negated) and how many series terms it needs (0: none)."""
         st = self.st
         last = self.cut[rows] - 1
         if self.n_groups:
             last[(last < self.group_start[st.rs.row_stratum[rows]]) | ~(st.r[rows] > 0)] = -1
         else:
             last[:] = -1
-        return last, (last >= 0) & (self.own_group[rows] == last + 1)
+        has = last >= 0
+        bound = np.where(has, st.r[rows] / self.envelope[np.maximum(last, 0)], 0.0)
+        needed = np.where(has, np.minimum(np.ceil(
+            np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))), _TERMS), 0).astype(int)
+        return last, ~(has & (self.own_group[rows] == last + 1)), needed
 
     def _tables(self, groups, mat, vec):
         """The series' prefix tables at ``groups`` (sorted, unique) into ``mat``, ``vec``.
@@ -299,25 +319,27 @@ class CoxHessianChanges:
         series ends just before it.
         """
         st, q, p = self.st, self.pp, self.p
-        out = np.zeros((rows.size, q))
         y_out = np.zeros((rows.size, p))
         own_done = np.zeros(rows.size, dtype=bool)
-        last, aligned = self._series_groups(rows)
+        last, not_aligned, needed = self._series_groups(rows)
         keep = np.flatnonzero(last >= 0)
         if keep.size == 0:
-            return out, y_out, own_done
-        order = np.lexsort((~aligned[keep], last[keep]))
+            return np.zeros((rows.size, q)), y_out, own_done
+        order = np.lexsort((needed[keep], not_aligned[keep], last[keep]))
         if np.any(order[1:] < order[:-1]):
             keep = keep[order]
-        last, aligned = last[keep], aligned[keep]
+        last, aligned, needed = last[keep], ~not_aligned[keep], needed[keep]
         u = rows[keep]
-        bound = st.r[u] / self.envelope[last]
-        needed = np.minimum(np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))),
-                            _TERMS).astype(int)
         # y: from the vector and scalar terms (and the own group's where it is folded in)
         y = np.zeros((keep.size, p))
         contiguous = keep[-1] - keep[0] == keep.size - 1 and not np.any(order[1:] < order[:-1])
-        mat = out[keep[0]:keep[-1] + 1] if contiguous else np.empty((keep.size, q))
+        if contiguous:   # (the products write every row of mat)
+            out = np.empty((rows.size, q))
+            out[:keep[0]] = 0.0
+            out[keep[-1] + 1:] = 0.0
+            mat = out[keep[0]:keep[-1] + 1]
+        else:
+            out, mat = np.zeros((rows.size, q)), np.empty((keep.size, q))
         groups, first = np.unique(last, return_index=True)
         bounds = np.append(first, keep.size)
         if groups.size * _SHARED_GROUP <= keep.size:
@@ -346,33 +368,31 @@ class CoxHessianChanges:
             yield lo, hi, mat, vec
 
     def _grouped_sums(self, u, last, needed, aligned, groups, bounds, mat, y):
-        """The series sums as (rows of a group x terms) @ (terms x values), group by group.
+        """The series sums as (rows x terms) @ (terms x values), group by group.
 
         Rows ``u`` sorted by ``last`` (their last series group; ``bounds``: where
         each of ``groups`` starts), the dying rows whose own group comes next
-        (``aligned``) first: for them the own group's matrices (:meth:`_own_parts`)
-        join the product. Powers ``u^j`` where the row needs term ``j``, 0 beyond.
-        Writes the matrix parts into ``mat`` and adds the vector parts to ``y``.
+        (``aligned``) first, then by the number of terms they need: one product
+        per run of rows alike, with the own group's matrices (:meth:`_own_parts`)
+        for the aligned ones. Writes the matrix parts into ``mat`` and adds the
+        vector parts to ``y``.
         """
         st = self.st
-        coef = np.zeros((u.size, 6 + _TERMS))
-        coef[:, 6:] = np.where(np.arange(1, _TERMS + 1) <= needed[:, None],
-                               (st.r[u] / np.exp(self.log_ref[last]))[:, None]
-                               ** np.arange(1, _TERMS + 1), 0.0)
+        coef = np.empty((u.size, 6 + _TERMS))
+        coef[:, 6:] = (st.r[u] / np.exp(self.log_ref[last]))[:, None] ** np.arange(1, _TERMS + 1)
         coef[aligned, :6], y[aligned] = self._own_parts(u[aligned], last[aligned] + 1)
-        n_aligned = np.add.reduceat(aligned, bounds[:-1])
-        n_terms = np.maximum.reduceat(needed, bounds[:-1])
+        runs = np.flatnonzero(np.diff(last) | np.diff(aligned) | np.diff(needed)) + 1
+        runs = np.concatenate([[0], runs, [u.size]])
+        run_group = np.searchsorted(groups, last[runs[:-1]])
         vector = np.empty((u.size, self.p + 1))
         for w_lo, w_hi, tables, vectors in self._windows(groups, bounds, 6):
-            for i in range(w_lo, w_hi):
-                lo, hi, j = bounds[i], bounds[i + 1], n_terms[i]  # (the terms its rows need)
-                own = 0 if n_aligned[i] else 6
-                if n_aligned[i]:
-                    g = groups[i] + 1
-                    tables[i - w_lo, 0] = self.before[g]
-                    tables[i - w_lo, 1:6] = self._moments(g, g + 1)[0]
-                np.matmul(coef[lo:hi, own:6 + j], tables[i - w_lo, own:6 + j], out=mat[lo:hi])
-                np.matmul(coef[lo:hi, 6:6 + j], vectors[i - w_lo, :j], out=vector[lo:hi])
+            for r in range(np.searchsorted(run_group, w_lo), np.searchsorted(run_group, w_hi)):
+                lo, hi, i = runs[r], runs[r + 1], run_group[r] - w_lo
+                j, own = needed[lo], 0 if aligned[lo] else 6
+                if aligned[lo]:
+                    tables[i, :6] = self._own_matrices(last[lo] + 1)
+                np.matmul(coef[lo:hi, own:6 + j], tables[i, own:6 + j], out=mat[lo:hi])
+                np.matmul(coef[lo:hi, 6:6 + j], vectors[i, :j], out=vector[lo:hi])
         self._add_vector_part(u, vector, y)
 
     def _term_sums(self, u, last, needed, groups, bounds, mat, y):
@@ -486,11 +506,10 @@ class CoxHessianChanges:
         coef, y_own = self._own_parts(u, g)
         groups, first = np.unique(g, return_index=True)
         bounds = np.append(first, u.size)
-        matrices = np.empty((6, self.pp))
         change = np.empty((u.size, self.pp))
         for i, group in enumerate(groups):
-            matrices[0], matrices[1:] = self.before[group], self._moments(group, group + 1)[0]
-            np.matmul(coef[bounds[i]:bounds[i + 1]], matrices, out=change[bounds[i]:bounds[i + 1]])
+            np.matmul(coef[bounds[i]:bounds[i + 1]], self._own_matrices(group),
+                      out=change[bounds[i]:bounds[i + 1]])
         out[here] += change
         y[here] += y_own
 
