@@ -3,7 +3,6 @@
 import warnings
 
 import numpy as np
-import scipy.linalg
 import pytest
 from autograd import grad, hessian, jacobian
 from hypothesis import Phase, given, settings, strategies as st

@@ -318,7 +318,7 @@ class CoxHessianChanges:
         the own tie group's terms (:meth:`_own_parts`) of the dying rows whose
         series ends just before it.
         """
-        st, q, p = self.st, self.pp, self.p
+        q, p = self.pp, self.p
         y_out = np.zeros((rows.size, p))
         own_done = np.zeros(rows.size, dtype=bool)
         last, not_aligned, needed = self._series_groups(rows)
