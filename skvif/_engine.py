@@ -173,10 +173,13 @@ def _chunks(units, n_samples, batched, size=None):
     return [(start, units[start:start + size]) for start in range(0, len(units), size)]
 
 
-def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=None):
+def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=None,
+                write=None):
     """Apply ``func(chunk_units)`` to chunks of units and stack the results.
 
     ``verbose`` drives a progress bar over the units (see :mod:`skvif._progress`).
+    ``write(start, result)``, when given, receives each chunk's result (the
+    units from position ``start`` on) as it comes instead, and nothing is kept.
     """
     chunks = _chunks(units, n_samples, batched, size)
     if n_jobs is not None and n_jobs != 1 and len(chunks) > 1:
@@ -191,10 +194,13 @@ def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=No
         computed = (func(chunk) for _, chunk in chunks)
     results = []
     with progress_bar(len(units), label, verbose) as bar:
-        for (_, chunk), result in zip(chunks, computed):
-            results.append(result)
+        for (start, chunk), result in zip(chunks, computed):
+            if write is None:
+                results.append(result)
+            else:
+                write(start, result)
             bar.update(len(chunk))
-    return np.concatenate(results, axis=0)
+    return None if write is not None else np.concatenate(results, axis=0)
 
 
 # --------------------------------------------------------------------------
@@ -785,10 +791,10 @@ class InfluenceResults:
         """Number of parameters."""
         return self.params.size
 
-    def _map(self, func, label, units=None, size=None):
+    def _map(self, func, label, units=None, size=None, write=None):
         units = self.units if units is None else units
         return _map_chunks(func, units, self.n_samples, self.batched, self.n_jobs,
-                           self.verbose, label, size=size)
+                           self.verbose, label, size=size, write=write)
 
     @property
     def _lossb(self):
@@ -844,25 +850,46 @@ class InfluenceResults:
         ndarray of shape (n_units, n_params)
         """
         if method not in self._right_hand_sides:
-            grad_change = _provided(self.derivatives, "gradient_changes")
-            ones = np.ones(self.n_samples)
-            if method == "vif" and grad_change is not None:  # chunks of (k, p)
-                R = self._map(grad_change, "gradients",
-                              size=max(1, _CHUNK_ELEMENTS // self.n_params))
-            elif method == "vif":
-                R = self._map(partial(_gradient_change_chunk, lossb=self._lossb,
-                                      theta=self.params, n=self.n_samples,
-                                      g_full=grad(self.loss)(self.params, ones)),
-                              "gradients")
+            if method == "vif":
+                R = self._map(*self._gradient_changes())
             else:  # "if": derivative of the gradient in each weight (weight change -1)
                 dgrad_dw = _provided(self.derivatives, "weight_derivatives")
                 D = dgrad_dw() if dgrad_dw is not None else jacobian(
-                    lambda w: grad(self.loss_if or self.loss)(self.params, w))(ones)
+                    lambda w: grad(self.loss_if or self.loss)(self.params, w))(
+                        np.ones(self.n_samples))
                 R = _unit_sums(D, self.units)
-            R = np.asarray(R, dtype=float)
-            R[~np.all(np.isfinite(R), axis=1)] = np.nan
-            self._right_hand_sides[method] = R
+            self._right_hand_sides[method] = _nan_rows(R)
         return self._right_hand_sides[method]
+
+    def _gradient_changes(self):
+        """``(func, label, units, size)`` of ``_map`` for the gradient changes of chunks."""
+        grad_change = _provided(self.derivatives, "gradient_changes")
+        if grad_change is not None:  # chunks of (k, p)
+            return grad_change, "gradients", None, max(1, _CHUNK_ELEMENTS // self.n_params)
+        return partial(_gradient_change_chunk, lossb=self._lossb, theta=self.params,
+                       n=self.n_samples, g_full=grad(self.loss)(
+                           self.params, np.ones(self.n_samples))), "gradients", None, None
+
+    def _streamed_changes(self, method, out):
+        """The changes by ``method`` written into ``out`` chunk by chunk, none kept."""
+        if method == "newton":
+            return self._newton_steps(out)
+        if method == "loo":
+            out[...] = self._refit(np.arange(self.n_units)) - self.params
+            return out
+        solver = self.hessian_solver()
+        if method == "vif" and method not in self._right_hand_sides:
+            func, label, _, size = self._gradient_changes()
+
+            def write(start, R):
+                out[start:start + len(R)] = self._solve_rows(_nan_rows(R), solver)
+            self._map(func, label, size=size, write=write)
+            return out
+        R = self.right_hand_sides(method)
+        size = max(1, _CHUNK_ELEMENTS // self.n_params)
+        for start in range(0, len(R), size):
+            out[start:start + size] = self._solve_rows(R[start:start + size], solver)
+        return out
 
     def _solve_rows(self, R, solver):
         """``(H + damping I)^-1 R[u]`` for each row, NaN rows left NaN."""
@@ -874,7 +901,7 @@ class InfluenceResults:
         return out
 
     # ------------------------------------------------------- the methods
-    def parameter_changes(self, method="vif"):
+    def parameter_changes(self, method="vif", out=None):
         """Estimated parameter changes, shape (n_units, n_params) (cached).
 
         ``influence[u, j] ≈ params_j(fit without u) - params_j(fit)``, by
@@ -883,14 +910,26 @@ class InfluenceResults:
         Parameters
         ----------
         method : {"vif", "if", "newton", "loo"}, default="vif"
+        out : ndarray of shape (n_units, n_params), default=None
+            A float64 array to write the changes into, chunk of units by chunk
+            (e.g. a memory-mapped file from
+            :func:`numpy.lib.format.open_memmap`), returned. Nothing is then
+            cached (a method already cached is copied into it), so that
+            memory beyond the model's own stays that of one chunk.
 
         Returns
         -------
         ndarray of shape (n_units, n_params)
             The cached array itself: not to be modified (:meth:`changes`
-            returns a copy).
+            returns a copy); ``out`` when given.
         """
         check_choice(method, "method", METHODS)
+        if out is not None:
+            out = check_out(out, (self.n_units, self.n_params))
+            if method not in self._parameter_changes:
+                return _finite_or_warn(self._streamed_changes(method, out), method)
+            out[...] = self._parameter_changes[method]
+            return out
         if method not in self._parameter_changes:
             if method == "loo":
                 delta = self._refit(np.arange(self.n_units)) - self.params
@@ -901,7 +940,7 @@ class InfluenceResults:
             self._parameter_changes[method] = _finite_or_warn(delta, method)
         return self._parameter_changes[method]
 
-    def _newton_steps(self):
+    def _newton_steps(self, out=None):
         theta, n, damping = self.params, self.n_samples, self.damping
         grad_change = _provided(self.derivatives, "gradient_changes")
         hess_change = _provided(self.derivatives, "hessian_changes")
@@ -930,15 +969,20 @@ class InfluenceResults:
                            damping=damping, krylov=krylov, saddle_free=self.saddle_free,
                            solver_options=self.solver_options,
                            scale=None if H_full is None else _hessian_scale(H_full))
+        # (chunks of units that share the model's work, results in the units' order)
         order = _provided(self.derivatives, "unit_order") if local else None
-        if order is None:
-            delta = self._map(step, "newton steps", size=self._local_size if local else None)
-        else:   # chunks of units that share the model's work, results in the units' order
-            order = np.asarray(order(self.units), dtype=np.intp)
-            delta = np.empty((len(self.units), theta.size + 1))
-            delta[order] = self._map(step, "newton steps", units=_take(self.units, order),
-                                     size=self._local_size)
-        return _warn_singular_newton(delta)
+        order = (np.arange(self.n_units) if order is None
+                 else np.asarray(order(self.units), dtype=np.intp))
+        delta = np.empty((self.n_units, theta.size)) if out is None else out
+        singular = np.zeros(self.n_units, dtype=bool)
+
+        def write(start, result):
+            at = order[start:start + len(result)]
+            delta[at], singular[at] = result[:, :-1], result[:, -1] > 0
+        self._map(step, "newton steps", units=_take(self.units, order),
+                  size=self._local_size if local else None, write=write)
+        _warn_singular_newton(singular)
+        return delta
 
     def _refit(self, positions):
         """Refit parameters of the units at ``positions`` (cached per unit), (k, p)."""
@@ -971,7 +1015,7 @@ class InfluenceResults:
 
     # --------------------------------------------------------- questions
     def changes(self, target=None, method="vif", *, target_uses_weights=False,
-                target_derivatives=None, positions=None):
+                target_derivatives=None, positions=None, out=None):
         """Estimated change of ``target`` when each unit is removed.
 
         Parameters
@@ -991,12 +1035,21 @@ class InfluenceResults:
         positions : array-like of int, default=None
             Only the units at these positions (``"loo"`` then refits only
             those).
+        out : ndarray of shape (n_units, n_params), default=None
+            For the parameters of every unit (``target=None``, no
+            ``positions``): written into chunk by chunk and returned, nothing
+            cached (see :meth:`parameter_changes`).
 
         Returns
         -------
         ndarray of shape (n_units, m), or (n_units, n_params) for ``target=None``
         """
         check_choice(method, "method", METHODS)
+        if out is not None:
+            if target is not None or positions is not None:
+                raise ValueError("out is only for the parameter changes of every unit "
+                                 "(no target, no positions).")
+            return self.parameter_changes(method, out=out)
         units = self.units if positions is None else _take(self.units, positions)
         if target is None:
             if method == "loo" and positions is not None:
@@ -1374,16 +1427,35 @@ def _refit_chunk(chunk, *, lossb, theta, n, chord, scale, tol, max_iter,
     return np.column_stack([P, ~conv & finite, singular])
 
 
-def _warn_singular_newton(delta):
-    """Split the singular flag column off the Newton steps, warning about flagged units."""
-    singular = delta[:, -1] > 0
+def _warn_singular_newton(singular):
+    """Warn about the units whose Newton steps were flagged singular (boolean)."""
     if singular.any():
         warnings.warn(
             f"Without the unit(s) at positions {_positions(singular)} the Hessian of the "
             "objective is singular (e.g. a column that is constant once they are removed): "
             "method='newton' leaves that direction out for them. Pass damping > 0 or use "
             "method='vif'.", UserWarning, stacklevel=4)
-    return delta[:, :-1]
+
+
+def _nan_rows(R):
+    """``R`` as floats, with the rows holding a non-finite entry all NaN."""
+    R = np.asarray(R, dtype=float)
+    R[~np.all(np.isfinite(R), axis=1)] = np.nan
+    return R
+
+
+def check_out(out, shape):
+    """``out`` if it is a writable float64 ndarray of ``shape``; else a clear error."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array (e.g. numpy.lib.format.open_memmap), "
+                        f"got {type(out).__name__}.")
+    if out.dtype != np.float64:
+        raise TypeError(f"out must have dtype float64, got {out.dtype}.")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}.")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only.")
+    return out
 
 
 def _finite_or_warn(out, method):
@@ -1512,7 +1584,7 @@ def check_n_jobs(n_jobs):
 
 def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solver="auto",
         damping=0.0, n_jobs=None, batched=False, verbose=0, refine=None, return_exact=False,
-        solver_options=None, derivatives=None):
+        solver_options=None, derivatives=None, out=None):
     r"""Influence of removing training units on the parameters (or a target) of any loss.
 
     Parameters
@@ -1587,6 +1659,11 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
         up by name (:class:`ModelDerivatives`: ``gradient_changes``,
         ``hessian``, ``hessian_vector_product``, ``preconditioner``...). They
         must return what autograd would.
+    out : ndarray of shape (n_units, n_params), default=None
+        With ``target=None``: a float64 array to write the changes into, chunk
+        of units by chunk, and return (e.g. a memory-mapped file from
+        :func:`numpy.lib.format.open_memmap`, when ``n_units x n_params`` is
+        large); ``refine`` then rewrites its top rows in place.
 
     Returns
     -------
@@ -1655,12 +1732,13 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     from ._robustness import check_refine, parameter_scale, refine_rows
 
     refine = check_refine(refine, results.n_units)
-    result = results.changes(target, method)
+    result = results.changes(target, method, out=out)
     is_exact = np.full(results.n_units, method == "loo")
     if refine and method != "loo":
         scale = parameter_scale(results) if target is None else None
         result, is_exact = refine_rows(
-            result, refine, lambda top: results.changes(target, "loo", positions=top), scale)
+            result, refine, lambda top: results.changes(target, "loo", positions=top), scale,
+            in_place=out is not None)
     return (result, is_exact) if return_exact else result
 
 

@@ -65,13 +65,13 @@ def refinement_order(estimate, scale=None):
     return np.argsort(-size, kind="stable")
 
 
-def refine_rows(estimate, refine, exact, scale=None):
+def refine_rows(estimate, refine, exact, scale=None, in_place=False):
     """Replace the ``refine`` largest estimated changes by exact ones.
 
     Parameters
     ----------
     estimate : ndarray of shape (n_units, ...)
-        The fast estimate for every unit (not modified).
+        The fast estimate for every unit (not modified unless ``in_place``).
     refine : int
         How many units to recompute.
     exact : callable
@@ -79,13 +79,15 @@ def refine_rows(estimate, refine, exact, scale=None):
         the units at those positions.
     scale : array-like, default=None
         Per-column scale of the ranking (see :func:`refinement_order`).
+    in_place : bool, default=False
+        Write the exact rows into ``estimate`` (a float array) itself.
 
     Returns
     -------
     refined : ndarray like ``estimate``
     is_exact : ndarray of shape (n_units,) of bool
     """
-    refined = np.array(estimate, dtype=float)
+    refined = estimate if in_place else np.array(estimate, dtype=float)
     is_exact = np.zeros(refined.shape[0], dtype=bool)
     if refine:
         top = np.sort(refinement_order(refined, scale)[:refine])

@@ -391,3 +391,69 @@ def test_local_newton_solve_fast_path_matches_eigendecomposition(low_rank, monke
     assert singular[:5].all() and not singular[5:].any()
     np.testing.assert_allclose(out[:, :-1], -step, rtol=1e-12, atol=0)
     assert sum(converged) > k // 2   # the fixed-point path ran, and met its bound
+
+
+@pytest.mark.parametrize("method", ["vif", "if", "newton", "loo"])
+def test_out_is_written_chunk_by_chunk_into_a_memory_map(method, tmp_path, monkeypatch):
+    # out= (for n x p too large to hold twice): the same changes as in memory, written
+    # into the user's array (a .npy memory map) by chunks in the model's unit order, with
+    # refine rewriting its top rows in place; nothing kept in the results' cache
+    X, y, w, strata, units, rng = _adversarial(5, 60, 2, 0, 1.0, 3)
+    m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+    whole = m.influence_(method=method)
+    top, exact = m.influence_(method=method, refine=4, return_exact=True)
+    monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 5 * 9)  # chunks of 5 or 20 rows
+    m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+    out = np.lib.format.open_memmap(tmp_path / "changes.npy", mode="w+", shape=whole.shape)
+    assert m.influence_(method=method, out=out) is out
+    assert m.get_influence()._parameter_changes == {}
+    np.testing.assert_allclose(np.load(tmp_path / "changes.npy"), whole, rtol=1e-12,
+                               atol=1e-15 * np.abs(whole).max())
+    got, got_exact = m.influence_(method=method, refine=4, return_exact=True, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got_exact, exact)
+    np.testing.assert_allclose(out, top, rtol=1e-12, atol=1e-15 * np.abs(top).max())
+
+
+def test_out_holds_the_only_copy_of_the_changes(tmp_path, monkeypatch):
+    # traced numpy memory of all-rows vif once the problem is set up (results object): in
+    # memory the right-hand sides, the changes and the copy returned, (n, p) each; with
+    # out= one chunk's (here of 2**14 numbers) and the model's O(n) statistics
+    import tracemalloc
+    monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 2**14)
+    rng = np.random.default_rng(7)
+    n, p = 20_000, 40
+    X = rng.normal(size=(n, p))
+    y = np.c_[np.ceil(rng.exponential(size=n) * 5), rng.random(n) < 0.7]  # ~40 times
+    peaks = []
+    for out in [None, np.lib.format.open_memmap(tmp_path / "c.npy", mode="w+",
+                                                shape=(n, p))]:
+        model = CoxPHInfluence().fit(X, y)
+        model.get_influence().hessian_solver()
+        tracemalloc.start()
+        try:
+            model.influence_(out=out)
+            peaks.append(tracemalloc.get_traced_memory()[1] / (n * p * 8))
+        finally:
+            tracemalloc.stop()
+    assert peaks[0] >= 2 and peaks[1] <= 0.5
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"out": np.zeros((60, 3)).tolist()}, TypeError, "numpy array"),
+    ({"out": np.zeros((60, 3), dtype=np.float32)}, TypeError, "float64"),
+    ({"out": np.zeros((59, 3))}, ValueError, r"shape \(60, 3\)"),
+    ({"out": np.zeros((60, 3)), "as_frame": True}, ValueError, "as an array"),
+    ({"out": np.zeros((60, 3)), "scale": "se"}, ValueError, "as an array"),
+])
+def test_bad_out_is_named(kwargs, error, match):
+    X, y, w, strata, units, rng = _adversarial(5, 60, 2, 0, 1.0, 1)
+    m = CoxPHInfluence().fit(X, y)
+    with pytest.raises(error, match=match):
+        m.influence_(**kwargs)
+    frozen = np.zeros((60, 3))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        m.influence_(out=frozen)
+    with pytest.raises(ValueError, match="as an array"):
+        m.influence_(X[:2], target="predict", out=np.zeros((60, 2)))

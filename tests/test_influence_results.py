@@ -283,3 +283,20 @@ def test_cox_influence_answers_from_one_cached_results_object(rossi_fit, monkeyp
                       rossi[["week", "arrest"]].iloc[:300])
     assert refit.get_influence() is not results
     assert refit.get_influence().n_units == 300
+
+
+@pytest.mark.parametrize("method", ["vif", "if", "newton"])
+def test_vif_out_writes_the_changes_chunk_by_chunk(beta_hat, method):
+    # the generic autograd path: out= gives the in-memory numbers (3 chunks of units)
+    whole = vif(logistic_loss, beta_hat, N, method=method)
+    top, exact = vif(logistic_loss, beta_hat, N, method=method, refine=5, return_exact=True)
+    out = np.full(whole.shape, np.nan)
+    assert vif(logistic_loss, beta_hat, N, method=method, out=out) is out
+    np.testing.assert_allclose(out, whole, rtol=1e-12, atol=1e-15)
+    got, got_exact = vif(logistic_loss, beta_hat, N, method=method, refine=5,
+                         return_exact=True, out=out)
+    assert got is out
+    np.testing.assert_array_equal(got_exact, exact)
+    np.testing.assert_allclose(out, top, rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="only for the parameter changes"):
+        vif(logistic_loss, beta_hat, N, target=lambda b: b[:1], out=out)

@@ -534,7 +534,8 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
     # ------------------------------------------------------------ influence
     def influence_(self, X=None, y=None, *, target="coef", method="vif", groups=None,
                    times=None, strata=None, as_frame=False, solver="auto", damping=0.0,
-                   n_jobs=None, verbose=None, scale="raw", refine=None, return_exact=False):
+                   n_jobs=None, verbose=None, scale="raw", refine=None, return_exact=False,
+                   out=None):
         r"""Estimated change of a fitted quantity when each training row is removed.
 
         Parameters
@@ -597,6 +598,14 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
             ``exact.loc[frame.index]`` after sorting or filtering). With
             ``refine`` and ``as_frame`` the result also carries it as
             ``frame.attrs["exact"]``.
+        out : ndarray of shape (n_units, n_features), default=None
+            For ``target="coef"`` as an array (``scale="raw"``): a float64
+            array the changes are written into, chunk of rows by chunk, and
+            returned, e.g. a memory-mapped file from
+            :func:`numpy.lib.format.open_memmap` when ``n_units x n_features``
+            is large (1e6 x 100: 800 MB). Nothing is then cached in
+            :meth:`get_influence`'s results (a method already computed is
+            copied), so memory stays the fit's plus one chunk's.
 
         Returns
         -------
@@ -609,6 +618,9 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
         check_is_fitted(self)
         check_choice(target, "target", TARGETS)
         check_choice(scale, "scale", SCALES)
+        if out is not None and (target != "coef" or as_frame or scale != "raw"):
+            raise ValueError("out is only for target='coef' as an array (as_frame=False, "
+                             "scale='raw').")
         if scale == "se":
             return self._dfbetas(groups=groups, method=method, as_frame=as_frame,
                                  solver=solver, damping=damping, n_jobs=n_jobs,
@@ -648,13 +660,13 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
         if survival is not None:  # the survival target's own closed form
             spec["target_derivatives"] = self._derivatives(groups, survival)
         refine = check_refine(refine, n_units)
-        result = results.changes(method=method, **spec)
+        result = results.changes(method=method, out=out, **spec)
         is_exact = np.full(n_units, method == "loo")
         if refine and method != "loo":
             # summary()'s se(coef) (with damping on the Hessian's diagonal)
             scale = None if target != "coef" else parameter_scale(results)
             result, is_exact = refine_rows(result, refine, lambda top: results.changes(
-                method="loo", positions=top, **spec), scale)
+                method="loo", positions=top, **spec), scale, in_place=out is not None)
         index = results.unit_labels
         if target == "loss":
             result = result[:, 0]

@@ -681,39 +681,51 @@ def _series_cut(st, rows, g_lo, g_hi):
     return np.clip(split, g_lo[rows], g_hi[rows]), group_envelope
 
 
-def _gradient_changes(st):
-    rs, w = st.rs, st.w
-    dominant = _dominant_rows(st)
-    own_group = _OwnGroupChange(st, dominant)
-    # each row's slots: its stratum's groups up to its time (strictly before it when it
-    # dies there: that group is the own group's)
-    g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
-    hi = st.bounds[g_hi]
-    cut, group_envelope = _series_cut(st, np.arange(rs.n_samples), g_lo, g_hi)
-    # values_s = [c_s, c_s m_s] = c_s [1, 0] + c_s / a_s [0, S1_g] - c_s f_s / a_s [0, D1_g]
-    inv = st.c / st.a
-    group_values = np.zeros((3, st.S0.size, 1 + st.X.shape[1]), dtype=st.r.dtype)
-    group_values[0, :, 0] = 1.0
-    group_values[1, :, 1:], group_values[2, :, 1:] = st.S1, st.D1
-    series = _SeriesSums(st, group_envelope, np.stack([st.c, inv, -inv * st.frac]),
-                         group_values)
+class _GradientChanges:
+    """``g(all) - g(without row u)`` for any rows: the shared per-group work done once.
 
-    def term(u, s, a_without, s1_without):  # c_s r_u (x_u - m_s^(-u)) / a_s
+    Calling the object with row indices gives their changes, (k, p), by
+    chunks of ``_ROWS`` rows: memory beyond the statistics' own grows with
+    the rows asked for, not with ``n``.
+    """
+
+    def __init__(self, st):
+        rs, w = st.rs, st.w
+        self.st = st
+        self.dominant = dominant = _dominant_rows(st)
+        self.own_group = _OwnGroupChange(st, dominant)
+        # each row's slots: its stratum's groups up to its time (strictly before it when
+        # it dies there: that group is the own group's)
+        g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
+        self.hi = st.bounds[g_hi]
+        self.cut, group_envelope = _series_cut(st, np.arange(rs.n_samples), g_lo, g_hi)
+        # values_s = [c_s, c_s m_s] = c_s [1, 0] + c_s / a_s [0, S1_g] - c_s f_s / a_s [0, D1_g]
+        inv = st.c / st.a
+        group_values = np.zeros((3, st.S0.size, 1 + st.X.shape[1]), dtype=st.r.dtype)
+        group_values[0, :, 0] = 1.0
+        group_values[1, :, 1:], group_values[2, :, 1:] = st.S1, st.D1
+        self.series = _SeriesSums(st, group_envelope, np.stack([st.c, inv, -inv * st.frac]),
+                                  group_values)
+
+    def _term(self, u, s, a_without, s1_without):  # c_s r_u (x_u - m_s^(-u)) / a_s
+        st = self.st
         return (st.c[s] * st.r[u] / st.a[s])[:, None] * (
             st.X.take(u, axis=0) - s1_without / a_without[:, None])
 
-    # rows in chunks: no (n, p) temporaries
-    out = np.empty(st.X.shape, dtype=st.r.dtype)
-    for start in range(0, rs.n_samples, _ROWS):
-        chunk = np.arange(start, min(start + _ROWS, rs.n_samples))
-        change = own_group(chunk)
-        at_risk = np.flatnonzero(st.r.real[chunk] > 0)
-        rows = chunk[at_risk]
-        sums = series(rows, cut[rows])
-        change[at_risk] += st.X.take(rows, axis=0) * sums[:, :1] - sums[:, 1:] + _exact_sums(
-            st, rows, st.bounds[cut[rows]], hi[rows], dominant, term, st.X.shape[1])
-        out[chunk] = change
-    return out
+    def __call__(self, rows):
+        st, X = self.st, self.st.X
+        out = np.empty((rows.size, X.shape[1]), dtype=st.r.dtype)
+        for start in range(0, rows.size, _ROWS):  # (no (n, p) temporaries)
+            chunk = rows[start:start + _ROWS]
+            change = self.own_group(chunk)
+            at_risk = np.flatnonzero(st.r.real[chunk] > 0)
+            u = chunk[at_risk]
+            sums = self.series(u, self.cut[u])
+            change[at_risk] += X.take(u, axis=0) * sums[:, :1] - sums[:, 1:] + _exact_sums(
+                st, u, st.bounds[self.cut[u]], self.hi[u], self.dominant, self._term,
+                X.shape[1])
+            out[start:start + chunk.size] = change
+        return out
 
 
 @single_threaded_blas
@@ -723,9 +735,15 @@ def gradient_changes(params, X, rs, case_weights, ties, design=None):
     ``g`` is the gradient of the negative log partial likelihood (the ridge
     penalty cancels). ``X`` is the (centered) design the objective uses.
     """
+    return gradient_change_rows(params, X, rs, case_weights, ties, design)(
+        np.arange(rs.n_samples))
+
+
+def gradient_change_rows(params, X, rs, case_weights, ties, design=None):
+    """``rows -> gradient_changes(...)[rows]``, the shared work done once (see above)."""
     if rs.has_entry:
         raise ValueError("the O(n p) Cox path does not handle delayed entry")
-    return _gradient_changes(_Statistics(X @ params, X, rs, case_weights, ties, design))
+    return _GradientChanges(_Statistics(X @ params, X, rs, case_weights, ties, design))
 
 
 @single_threaded_blas
@@ -891,12 +909,12 @@ class CoxDerivatives(CoxCurvature):
                                     self._design)[1]
 
     def gradient_changes(self, units):
+        # the shared per-group work once; each chunk of rows then O(k p)
         if "gradient" not in self._cache:
-            self._cache["gradient"] = gradient_changes(*self._at, design=self._design)
-        rows = unit_rows(units)
-        if rows.size and rows[-1] - rows[0] == rows.size - 1 and np.all(np.diff(rows) == 1):
-            return self._cache["gradient"][rows[0]:rows[-1] + 1]  # (consecutive rows)
-        return self._cache["gradient"].take(rows, axis=0)
+            with single_blas_thread(self._at[1].shape[0]):
+                self._cache["gradient"] = gradient_change_rows(*self._at, design=self._design)
+        with single_blas_thread(self._at[1].shape[0]):
+            return self._cache["gradient"](unit_rows(units))
 
     def unit_order(self, units):
         # rows in CoxHessianChanges.row_order: a chunk's rows then share their groups'
