@@ -1438,9 +1438,12 @@ def _warn_singular_newton(singular):
 
 
 def _nan_rows(R):
-    """``R`` as floats, with the rows holding a non-finite entry all NaN."""
+    """``R`` as floats, with the rows holding a non-finite entry all NaN (``R`` unchanged)."""
     R = np.asarray(R, dtype=float)
-    R[~np.all(np.isfinite(R), axis=1)] = np.nan
+    bad = ~np.all(np.isfinite(R), axis=1)
+    if bad.any():
+        R = R.copy()
+        R[bad] = np.nan
     return R
 
 
