@@ -851,7 +851,8 @@ class InfluenceResults:
         """
         if method not in self._right_hand_sides:
             if method == "vif":
-                R = self._map(*self._gradient_changes())
+                task, size = self._gradient_changes()
+                R = self._map(*task, size=size)
             else:  # "if": derivative of the gradient in each weight (weight change -1)
                 dgrad_dw = _provided(self.derivatives, "weight_derivatives")
                 D = dgrad_dw() if dgrad_dw is not None else jacobian(
@@ -862,13 +863,13 @@ class InfluenceResults:
         return self._right_hand_sides[method]
 
     def _gradient_changes(self):
-        """``(func, label, units, size)`` of ``_map`` for the gradient changes of chunks."""
+        """``(func, label)`` of ``_map`` for chunks' gradient changes, and the chunk size."""
         grad_change = _provided(self.derivatives, "gradient_changes")
         if grad_change is not None:  # chunks of (k, p)
-            return grad_change, "gradients", None, max(1, _CHUNK_ELEMENTS // self.n_params)
-        return partial(_gradient_change_chunk, lossb=self._lossb, theta=self.params,
-                       n=self.n_samples, g_full=grad(self.loss)(
-                           self.params, np.ones(self.n_samples))), "gradients", None, None
+            return (grad_change, "gradients"), max(1, _CHUNK_ELEMENTS // self.n_params)
+        return (partial(_gradient_change_chunk, lossb=self._lossb, theta=self.params,
+                        n=self.n_samples, g_full=grad(self.loss)(
+                            self.params, np.ones(self.n_samples))), "gradients"), None
 
     def _streamed_changes(self, method, out):
         """The changes by ``method`` written into ``out`` chunk by chunk, none kept."""
@@ -879,11 +880,11 @@ class InfluenceResults:
             return out
         solver = self.hessian_solver()
         if method == "vif" and method not in self._right_hand_sides:
-            func, label, _, size = self._gradient_changes()
+            task, size = self._gradient_changes()
 
             def write(start, R):
                 out[start:start + len(R)] = self._solve_rows(_nan_rows(R), solver)
-            self._map(func, label, size=size, write=write)
+            self._map(*task, size=size, write=write)
             return out
         R = self.right_hand_sides(method)
         size = max(1, _CHUNK_ELEMENTS // self.n_params)

@@ -910,10 +910,9 @@ class CoxDerivatives(CoxCurvature):
 
     def gradient_changes(self, units):
         # the shared per-group work once; each chunk of rows then O(k p)
-        if "gradient" not in self._cache:
-            with single_blas_thread(self._at[1].shape[0]):
-                self._cache["gradient"] = gradient_change_rows(*self._at, design=self._design)
         with single_blas_thread(self._at[1].shape[0]):
+            if "gradient" not in self._cache:
+                self._cache["gradient"] = gradient_change_rows(*self._at, design=self._design)
             return self._cache["gradient"](unit_rows(units))
 
     def unit_order(self, units):
