@@ -11,8 +11,8 @@ from skvif import _engine
 from skvif.survival import CoxPHInfluence
 from skvif.survival import _fast_hessian
 from skvif.survival._fast import negative_log_partial_likelihood as closed_form_loss
-from skvif.survival._fast import (gradient_and_hessian, gradient_changes, hessian_changes,
-                                  weight_derivatives)
+from skvif.survival._fast import (gradient_and_hessian, gradient_change_rows, gradient_changes,
+                                  hessian_changes, weight_derivatives)
 from skvif.survival._fast_hessian import closed_form_hessian_changes
 
 
@@ -132,6 +132,8 @@ def test_closed_forms_match_autograd(seed, ties_level, big_group, eta_max, n_str
     scale_g = np.abs(g_ref).max(axis=0) + 1e-300           # per column: units differ by 1e12
     scale_H = np.abs(H_ref).max(axis=0) + 1e-300
     assert np.abs((gradient_changes(*args) - g_ref) / scale_g).max() < 1e-8
+    some = rng.permutation(n)[:n // 2]   # any rows, in any order (newton's chunks)
+    assert np.abs((gradient_change_rows(*args)(some) - g_ref[some]) / scale_g).max() < 1e-8
     for weights in (ones, keep):  # (keep: the last row deleted)
         value = loss(beta, weights)
         assert abs(closed_form_loss(beta, m._X, m._risk_sets, m._case_weights * weights,
