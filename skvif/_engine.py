@@ -58,6 +58,7 @@ _LOCAL_MIN_ROWS = 2**12  # units per chunk of the local fast paths, at least (se
 _SINGULAR_RCOND = 1e-12
 _NEUMANN_MAX_STEPS = 8   # fixed-point steps of a unit's local Newton solve, at most
 _NEUMANN_RTOL = 1e-13    # ... until the error bound is below this, relative
+_SPREAD = 2.0            # Jacobi scales within sqrt(this): ||D~||_F bounded unweighted
 _NEWTON_BLOCK_ELEMENTS = 2**20  # units' Hessian changes iterated together (8 MiB: in cache)
 
 
@@ -1246,7 +1247,8 @@ def _local_newton_chunk(chunk, *, g_full, H_full, grad_change, hess_change, scal
     Jacobi-scaled coordinates (``A = H_full / (d d^T)``, tildes the scaled
     changes, ``z = d s``), ``||R~||_2 = |x~| |y~| + |x~' y~|`` exactly and
     ``||dH~||_2 <= ||D~||_F + ||R~||_2``, so ``rho = ||D~||_F / (lambda_min(A) -
-    ||R~||_2)`` bounds the contraction of the fixed-point iteration ``s <- (H_full
+    ||R~||_2)`` (or a bound on ``||D~||_F``, :func:`_scaled_frobenius_bound`)
+    bounds the contraction of the fixed-point iteration ``s <- (H_full
     - R)^-1 (g + D s)`` (``(H_full - R)^-1`` by Woodbury from ``inverse =
     H_full^-1``), and the error after a step is at most ``rho / (1 - rho)``
     times the step. Units with ``||R~||_2 <= lambda_min / 2`` and ``rho < 1/2``
@@ -1282,7 +1284,7 @@ def _local_newton_block(change, g, H_full, d, lam, inverse):
     outer = d[:, None] * d[None, :]
     with np.errstate(all="ignore"):
         # ||D~||_F and ||R~||_2; a non-finite change gives a non-finite bound
-        dense = np.sqrt(np.square(D.reshape(D.shape[0], -1)) @ (1.0 / (outer * outer)).ravel())
+        dense = _scaled_frobenius_bound(D, d)
         low = 0.0
         if x is not None:
             xs, ys = x / d, y / d
@@ -1315,6 +1317,20 @@ def _local_newton_block(change, g, H_full, d, lam, inverse):
         step[other], singular[other] = _solve_each(H_full - _dense_changes(D, x, y, other),
                                                    g[other], d)
     return step, singular
+
+
+def _scaled_frobenius_bound(D, d):
+    """``||D / (d d^T)||_F`` of each ``D`` (k, p, p), or a bound at most ``_SPREAD`` times it.
+
+    Where the scales are within ``(max d / min d)^2 <= _SPREAD`` the bound
+    ``||D||_F / min(d)^2``: one batched dot product, about 3x faster than the
+    weighted sum of squares.
+    """
+    flat = D.reshape(D.shape[0], -1)
+    if (d.max() / d.min()) ** 2 <= _SPREAD:
+        return np.sqrt(np.matmul(flat[:, None, :], flat[:, :, None])[:, 0, 0]) / d.min() ** 2
+    inverse = 1.0 / (d[:, None] * d[None, :])
+    return np.sqrt(np.square(flat) @ np.square(inverse).ravel())
 
 
 def _dense_changes(D, x, y, where):

@@ -11,8 +11,8 @@ from skvif import _engine
 from skvif.survival import CoxPHInfluence
 from skvif.survival import _fast_hessian
 from skvif.survival._fast import negative_log_partial_likelihood as closed_form_loss
-from skvif.survival._fast import (gradient_and_hessian, gradient_change_rows, gradient_changes,
-                                  hessian_changes, weight_derivatives)
+from skvif.survival._fast import (cumulative_at, gradient_and_hessian, gradient_change_rows,
+                                  gradient_changes, hessian_changes, weight_derivatives)
 from skvif.survival._fast_hessian import closed_form_hessian_changes
 
 
@@ -352,15 +352,19 @@ def test_newton_steps_unchanged_by_closed_form_hessian_changes(ties, monkeypatch
 
 
 @pytest.mark.parametrize("low_rank", [False, True])
-def test_local_newton_solve_fast_path_matches_eigendecomposition(low_rank, monkeypatch):
+@pytest.mark.parametrize("spread", [3.0, 0.05])
+def test_local_newton_solve_fast_path_matches_eigendecomposition(low_rank, spread, monkeypatch):
     # the engine's fixed-point (Neumann) and LU solves (Weyl's bound: the unit's Hessian
     # is well away from singular) give _solve_each's steps; units near or at singular
     # still go through it and are flagged. The changes given dense, or as D + x y^T + y x^T
-    # with a dominant rank-two part (the Cox form: the fixed point around H - x y^T - y x^T)
+    # with a dominant rank-two part (the Cox form: the fixed point around H - x y^T - y x^T);
+    # parameters in units 1e-3 to 1e3 (the weighted Frobenius bound) or within 1.1 of each
+    # other (the unweighted one, made to be taken)
+    monkeypatch.setattr(_engine, "_SPREAD", 0.0 if spread > 1 else np.inf)
     rng = np.random.default_rng(11)
     p, k = 5, 60
     A = rng.normal(size=(p, p))
-    units = 10.0 ** rng.uniform(-3, 3, size=p)
+    units = 10.0 ** rng.uniform(-spread, spread, size=p)
     H_full = (A @ A.T + p * np.eye(p)) * np.outer(units, units)
     # changes from 1e-7 to 0.3 of the Hessian: a few fixed-point steps, many, or LU
     size = 10.0 ** rng.uniform(-7, -0.5, size=(k, 1, 1))
@@ -393,6 +397,41 @@ def test_local_newton_solve_fast_path_matches_eigendecomposition(low_rank, monke
     assert singular[:5].all() and not singular[5:].any()
     np.testing.assert_allclose(out[:, :-1], -step, rtol=1e-12, atol=0)
     assert sum(converged) > k // 2   # the fixed-point path ran, and met its bound
+
+
+def test_cumulative_at_against_python_sums():
+    # cumulative sums over segments restarting per stratum, taken at each group's segment
+    # (-1: none), in place or into a strided out, against sums written out in Python
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=(9, 4))
+    restart = [0, 4, 7]
+    for last in (np.arange(9), np.array([2, -1, 3, 3, 8, 0, -1])):
+        expected = np.zeros((last.size, 4))
+        for g, at in enumerate(last):
+            if at >= 0:
+                begin = max(r for r in restart if r <= at)
+                expected[g] = values[begin:at + 1].sum(axis=0)
+        np.testing.assert_allclose(cumulative_at(values.copy(), restart, last), expected,
+                                   rtol=1e-14, atol=1e-14)
+        out = np.full((last.size, 2, 4), np.nan)
+        cumulative_at(values.copy(), restart, last, out=out[:, 1])
+        np.testing.assert_allclose(out[:, 1], expected, rtol=1e-14, atol=1e-14)
+        assert np.isnan(out[:, 0]).all()
+
+
+def test_scaled_frobenius_bound():
+    # ||D / (d d^T)||_F exactly where the scales differ, and bounded within _SPREAD of it
+    # (never below) where they do not, against the norm of the scaled matrices
+    rng = np.random.default_rng(3)
+    D = rng.normal(size=(40, 6, 6)) * 10.0 ** rng.uniform(-8, 8, size=(40, 1, 1))
+    for spread in (1e-3, 0.1, 0.15, 6.0):
+        d = 10.0 ** rng.uniform(-spread, spread, size=6)
+        exact = np.linalg.norm(D / np.outer(d, d), axis=(1, 2))
+        bound = _engine._scaled_frobenius_bound(D, d)
+        assert np.all(bound >= exact * (1 - 1e-14))
+        assert np.all(bound <= exact * _engine._SPREAD)
+        if (d.max() / d.min()) ** 2 > _engine._SPREAD:
+            np.testing.assert_allclose(bound, exact, rtol=1e-14)
 
 
 @pytest.mark.parametrize("method", ["vif", "if", "newton", "loo"])

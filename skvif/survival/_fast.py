@@ -74,6 +74,25 @@ def _segment_sums(weights, indices, indptr, values):
     return segments @ values
 
 
+def cumulative_at(segment, restart, last, out=None):
+    """Cumulative sums of ``segment``'s rows (restarting at ``restart``) at rows ``last``.
+
+    Rows of ``out`` (made when None) where ``last < 0`` are zero. ``segment``
+    (n_segments, m), one of the sorted design's parts' sums, is overwritten
+    (and returned when ``last`` takes every row in order and ``out`` is None).
+    """
+    bounds = list(restart) + [segment.shape[0]]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        np.cumsum(segment[lo:hi], axis=0, out=segment[lo:hi])
+    if out is None and np.array_equal(last, np.arange(segment.shape[0])):
+        return segment
+    if out is None:
+        out = np.empty((last.size, segment.shape[1]), dtype=segment.dtype)
+    np.take(segment, np.maximum(last, 0), axis=0, out=out, mode="clip")   # (unbuffered)
+    out[last < 0] = 0.0
+    return out
+
+
 class _SortedDesign:
     """``[1, X]`` with its rows sorted by stratum and decreasing time (one copy, made once).
 
@@ -114,9 +133,7 @@ class _SortedDesign:
         rows, indices, indptr, restart, last = part
         if indptr.size == 1:
             return np.zeros((last.size, self.sorted.shape[1]), dtype=r.dtype)
-        segment = _segment_sums(r[rows], indices, indptr, self.sorted)
-        cum = segment_cumsum(segment.T, restart).T
-        return np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
+        return cumulative_at(_segment_sums(r[rows], indices, indptr, self.sorted), restart, last)
 
     def risk_sums(self, r):
         """``[sum r, sum r x]`` over each group's risk set, shape (n_groups, 1 + p)."""

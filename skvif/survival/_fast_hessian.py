@@ -39,9 +39,8 @@ numbers per group or row).
 import numpy as np
 
 from ._fast import (_BLOCK, _RATIO, _TERMS, _efron_sums, _group_intervals, _pair_chunks,
-                    _series_cut, _SortedDesign, _Statistics, gradient_and_hessian,
-                    hessian_changes)
-from ._objective import segment_cumsum
+                    _series_cut, _SortedDesign, _Statistics, cumulative_at,
+                    gradient_and_hessian, hessian_changes)
 
 __all__ = ["CoxHessianChanges", "closed_form_hessian_changes", "group_moments_fit"]
 
@@ -136,16 +135,10 @@ class CoxHessianChanges:
         # per group, flattened: the risk-set and death sums of r x x^T (S2, D2; the
         # products of the first moments are formed where needed, :meth:`_moments`)
         n_groups = rs.group_time.size
-        self.second_moments = second = np.empty((n_groups, 2, p * p))
         sorted_rows, _, indptr, restart, last = design.time
-        if indptr.size > 1:
-            cum = segment_cumsum(_grouped_moments(X, st.r, sorted_rows, indptr[:-1]).T,
-                                 restart).T
-            second[:, 0] = np.where((last >= 0)[:, None], cum[np.maximum(last, 0)], 0.0)
-        else:
-            second[:, 0] = 0.0
-        second[:, 1] = _grouped_moments(X, st.r, rs.deaths, rs.death_bounds[:-1])
-        self.S2, self.D2 = second[:, 0], second[:, 1]
+        self.S2 = (cumulative_at(_grouped_moments(X, st.r, sorted_rows, indptr[:-1]), restart,
+                                 last) if indptr.size > 1 else np.zeros((n_groups, p * p)))
+        self.D2 = _grouped_moments(X, st.r, rs.deaths, rs.death_bounds[:-1])
         self.first_moments = np.stack([st.S1, st.D1], axis=1)    # (n_groups, 2, p)
         w = case_weights
         self.died = rs.event & (w > 0)
@@ -159,12 +152,18 @@ class CoxHessianChanges:
         self.special = np.flatnonzero((st.r > 0) & (st.r > _DOMINANT * reach))
         self._special_cache = None
         # own group terms before removal: sum_{s in g} c_s V_s
-        coef = self._coefficients(np.ones_like(st.a)[None], [0])
+        # (the five moments' coefficients; the first-moment products as two outer products)
+        c = self._coefficients(np.ones_like(st.a)[None], [0])[:, 0].T
         self.before = np.empty((n_groups, p * p))
-        size = max(1, _STREAM_ELEMENTS // (5 * p * p))
+        S1, D1 = st.S1, st.D1
+        size = max(1, _STREAM_ELEMENTS // (p * p))
         for a in range(0, n_groups, size):
-            b = min(a + size, n_groups)
-            self.before[a:b] = -np.matmul(coef[a:b], self._moments(a, b))[:, 0]
+            g = slice(a, min(a + size, n_groups))
+            before = self.before[g]
+            np.multiply(self.S2[g], -c[0, g, None], out=before)
+            before -= c[1, g, None] * self.D2[g]
+            before -= _outer(S1[g], c[2, g, None] * S1[g] + c[3, g, None] * D1[g])
+            before -= _outer(D1[g], c[3, g, None] * S1[g] + c[4, g, None] * D1[g])
         self._own_cache = (-1, None)
         self._setup_own()
         self._setup_series()
@@ -173,7 +172,7 @@ class CoxHessianChanges:
         """``[S2, D2, S1 S1^T, S1 D1^T + D1 S1^T, D1 D1^T]`` of groups ``a:b``, (b - a, 5, p^2)."""
         p = self.p
         out = np.empty((b - a, 5, self.pp))
-        out[:, :2] = self.second_moments[a:b]
+        out[:, 0], out[:, 1] = self.S2[a:b], self.D2[a:b]
         S1, D1 = self.first_moments[a:b, 0], self.first_moments[a:b, 1]
         out[:, 2] = _outer(S1, S1)
         SD = _outer(S1, D1).reshape(-1, p, p)
@@ -303,8 +302,10 @@ class CoxHessianChanges:
                     run += value[g - a]
                     value[g - a] = run
             stop = np.searchsorted(groups, b)
-            mat[done:stop] = values[0][groups[done:stop] - a]
-            vec[done:stop] = values[1][groups[done:stop] - a]
+            at = groups[done:stop] - a
+            if at.size and at[-1] - at[0] == at.size - 1:   # (consecutive: no gathered copy)
+                at = slice(at[0], at[-1] + 1)
+            mat[done:stop], vec[done:stop] = values[0][at], values[1][at]
             done = stop
             self._next = b
 
@@ -386,11 +387,12 @@ class CoxHessianChanges:
         run_group = np.searchsorted(groups, last[runs[:-1]])
         vector = np.empty((u.size, self.p + 1))
         for w_lo, w_hi, tables, vectors in self._windows(groups, bounds, 6):
+            filled = -1   # (the window's group whose own matrices are in its tables)
             for r in range(np.searchsorted(run_group, w_lo), np.searchsorted(run_group, w_hi)):
                 lo, hi, i = runs[r], runs[r + 1], run_group[r] - w_lo
                 j, own = needed[lo], 0 if aligned[lo] else 6
-                if aligned[lo]:
-                    tables[i, :6] = self._own_matrices(last[lo] + 1)
+                if aligned[lo] and i != filled:
+                    tables[i, :6], filled = self._own_matrices(last[lo] + 1), i
                 np.matmul(coef[lo:hi, own:6 + j], tables[i, own:6 + j], out=mat[lo:hi])
                 np.matmul(coef[lo:hi, 6:6 + j], vectors[i, :j], out=vector[lo:hi])
         self._add_vector_part(u, vector, y)
