@@ -151,19 +151,9 @@ class CoxHessianChanges:
         reach = np.where(g_end > self.g_lo, self.envelope[np.maximum(g_end - 1, 0)], np.inf)
         self.special = np.flatnonzero((st.r > 0) & (st.r > _DOMINANT * reach))
         self._special_cache = None
-        # own group terms before removal: sum_{s in g} c_s V_s
-        # (the five moments' coefficients; the first-moment products as two outer products)
-        c = self._coefficients(np.ones_like(st.a)[None], [0])[:, 0].T
-        self.before = np.empty((n_groups, p * p))
-        S1, D1 = st.S1, st.D1
-        size = max(1, _STREAM_ELEMENTS // (p * p))
-        for a in range(0, n_groups, size):
-            g = slice(a, min(a + size, n_groups))
-            before = self.before[g]
-            np.multiply(self.S2[g], -c[0, g, None], out=before)
-            before -= c[1, g, None] * self.D2[g]
-            before -= _outer(S1[g], c[2, g, None] * S1[g] + c[3, g, None] * D1[g])
-            before -= _outer(D1[g], c[3, g, None] * S1[g] + c[4, g, None] * D1[g])
+        # the coefficients of the five moments in the own group's terms before removal,
+        # sum_{s in g} c_s V_s (:meth:`_own_matrices`)
+        self.before_coef = self._coefficients(np.ones_like(st.a)[None], [0])[:, 0]
         self._own_cache = (-1, None)
         self._setup_own()
         self._setup_series()
@@ -184,7 +174,8 @@ class CoxHessianChanges:
         """``[before, moments]`` of group ``g`` (6, p^2): the own group's terms (the last kept)."""
         if self._own_cache[0] != g:
             matrices = np.empty((6, self.pp))
-            matrices[0], matrices[1:] = self.before[g], self._moments(g, g + 1)[0]
+            matrices[1:] = self._moments(g, g + 1)[0]
+            matrices[0] = -self.before_coef[g] @ matrices[1:]
             self._own_cache = (g, matrices)
         return self._own_cache[1]
 
