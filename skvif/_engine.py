@@ -933,16 +933,12 @@ class InfluenceResults:
             out[...] = self._parameter_changes[method]
             return out
         if method not in self._parameter_changes:
-            if method == "loo":
-                delta = self._refit(np.arange(self.n_units)) - self.params
-            elif method == "newton":
-                delta = self._newton_steps()
-            else:
-                delta = self._solve_rows(self.right_hand_sides(method), self.hessian_solver())
+            # (chunk by chunk: "vif" keeps no right-hand sides, no solve copies them)
+            delta = self._streamed_changes(method, np.empty((self.n_units, self.n_params)))
             self._parameter_changes[method] = _finite_or_warn(delta, method)
         return self._parameter_changes[method]
 
-    def _newton_steps(self, out=None):
+    def _newton_steps(self, out):
         theta, n, damping = self.params, self.n_samples, self.damping
         grad_change = _provided(self.derivatives, "gradient_changes")
         hess_change = _provided(self.derivatives, "hessian_changes")
@@ -975,16 +971,15 @@ class InfluenceResults:
         order = _provided(self.derivatives, "unit_order") if local else None
         order = (np.arange(self.n_units) if order is None
                  else np.asarray(order(self.units), dtype=np.intp))
-        delta = np.empty((self.n_units, theta.size)) if out is None else out
         singular = np.zeros(self.n_units, dtype=bool)
 
         def write(start, result):
             at = order[start:start + len(result)]
-            delta[at], singular[at] = result[:, :-1], result[:, -1] > 0
+            out[at], singular[at] = result[:, :-1], result[:, -1] > 0
         self._map(step, "newton steps", units=_take(self.units, order),
                   size=self._local_size if local else None, write=write)
         _warn_singular_newton(singular)
-        return delta
+        return out
 
     def _refit(self, positions):
         """Refit parameters of the units at ``positions`` (cached per unit), (k, p)."""
