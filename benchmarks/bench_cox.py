@@ -8,8 +8,10 @@ every tool in its own process at n = 1e4, 1e5, 1e6 with p = 20 and n = 1e5 with 
 (or the sizes given, e.g. ``scale 1e5,20``; ``--tools`` picks some tools only): skvif fit
 and fit + all-rows vif / if / newton, lifelines fit and fit + delta_beta, R ``coxph`` and
 ``residuals(fit, "dfbeta")`` (when ``Rscript`` and R's survival are installed),
-statsmodels ``PHReg``, scikit-survival; wall time and peak resident memory of each process.
-Every section prints its own ratios; nothing here is asserted.
+statsmodels ``PHReg``, scikit-survival; wall time and peak resident memory of each process
+(the fastest of three processes for any tool that takes under 20 s: the 2-core benchmark
+machine's noise reaches 1.6x run to run). Every section prints its own ratios; nothing here
+is asserted.
 """
 
 import json
@@ -251,6 +253,19 @@ def _worker(tool, n, p):
     print(json.dumps(out))
 
 
+REPEAT_BELOW = 20.0   # seconds: tools faster than this are run this many times ...
+REPEATS = 3          # ... and the fastest run kept (as timeit: the machine's noise only adds)
+
+
+def _best_run(tool, n, p, timeout):
+    """:func:`_run_tool`, repeated (fresh processes) when quick; the fastest run."""
+    runs = [_run_tool(tool, n, p, timeout)]
+    while ("error" not in runs[0] and len(runs) < REPEATS
+           and runs[0].get("total", runs[0]["fit"]) < REPEAT_BELOW):
+        runs.append(_run_tool(tool, n, p, timeout))
+    return min(runs, key=lambda r: r.get("total", r.get("fit", np.inf)))
+
+
 def _run_tool(tool, n, p, timeout):
     try:
         res = subprocess.run([sys.executable, __file__, "_worker", tool, str(n), str(p)],
@@ -274,8 +289,8 @@ def scale(*args):
              "lifelines-delta_beta", "statsmodels", "sksurv"]
     tools += ["R-fit", "R-dfbeta"] if have_r else []
     tools = [t for t in tools if not only or t in only[0]]
-    print("== Cox at scale: wall seconds (peak resident MiB) per process; tied times "
-          "(n / 100 distinct), ~30 % censored ==")
+    print("== Cox at scale: wall seconds (peak resident MiB) per process, the fastest of "
+          f"{REPEATS} under {REPEAT_BELOW:.0f} s; tied times (n / 100 distinct), ~30 % censored ==")
     if not have_r:
         print("   (R's survival not installed: R columns skipped)")
     previous = None
@@ -286,7 +301,7 @@ def scale(*args):
             if tool in ("lifelines-delta_beta", "R-dfbeta") and n > DFBETA_MAX_ROWS:
                 res[tool] = {"error": f"not run above n = {DFBETA_MAX_ROWS:,} (quadratic)"}
             else:
-                res[tool] = _run_tool(tool, n, p, timeout=1800)
+                res[tool] = _best_run(tool, n, p, timeout=1800)
             r = res[tool]
             shown = (r["error"] if "error" in r else
                      f"{r.get('total', r['fit']):8.2f} s  (fit {r['fit']:7.2f} s, "
