@@ -290,7 +290,8 @@ def scale(*args):
     tools += ["R-fit", "R-dfbeta"] if have_r else []
     tools = [t for t in tools if not only or t in only[0]]
     print("== Cox at scale: wall seconds (peak resident MiB) per process, the fastest of "
-          f"{REPEATS} under {REPEAT_BELOW:.0f} s; tied times (n / 100 distinct), ~30 % censored ==")
+          f"{REPEATS} under {REPEAT_BELOW:.0f} s; tied times (n / 100 distinct), "
+          "~30 % censored ==")
     if not have_r:
         print("   (R's survival not installed: R columns skipped)")
     previous = None
