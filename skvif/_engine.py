@@ -928,15 +928,17 @@ class InfluenceResults:
         check_choice(method, "method", METHODS)
         if out is not None:
             out = check_out(out, (self.n_units, self.n_params))
-            if method not in self._parameter_changes:
-                return _finite_or_warn(self._streamed_changes(method, out), method)
+        if method in self._parameter_changes:
+            if out is None:
+                return self._parameter_changes[method]
             out[...] = self._parameter_changes[method]
             return out
-        if method not in self._parameter_changes:
-            # (chunk by chunk: "vif" keeps no right-hand sides, no solve copies them)
-            delta = self._streamed_changes(method, np.empty((self.n_units, self.n_params)))
-            self._parameter_changes[method] = _finite_or_warn(delta, method)
-        return self._parameter_changes[method]
+        # (chunk by chunk: "vif" keeps no right-hand sides, no solve copies them)
+        delta = _finite_or_warn(self._streamed_changes(
+            method, np.empty((self.n_units, self.n_params)) if out is None else out), method)
+        if out is None:
+            self._parameter_changes[method] = delta
+        return delta
 
     def _newton_steps(self, out):
         theta, n, damping = self.params, self.n_samples, self.damping
