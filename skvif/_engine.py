@@ -57,7 +57,7 @@ _LOCAL_MIN_ROWS = 2**12  # units per chunk of the local fast paths, at least (se
 # is treated as singular.
 _SINGULAR_RCOND = 1e-12
 _NEUMANN_MAX_STEPS = 8   # fixed-point steps of a unit's local Newton solve, at most
-_NEUMANN_RTOL = 1e-13    # ... until the error bound is below this, relative
+_NEUMANN_RTOL = 1e-12    # ... until the error bound is below this, relative
 _SPREAD = 2.0            # Jacobi scales within sqrt(this): ||D~||_F bounded unweighted
 _NEWTON_BLOCK_ELEMENTS = 2**20  # units' Hessian changes iterated together (8 MiB: in cache)
 
@@ -1343,20 +1343,31 @@ def _neumann_steps(change, g, d, ratio, inverse):
 
     ``change``: ``(D, x, y)``, ``R = x y^T + y x^T`` (``x`` None: ``R = 0``).
     Returns the steps and whether each met ``_NEUMANN_RTOL``: the error after
-    a step is at most ``ratio`` times the step (both in scaled norm).
+    a step is at most ``ratio`` times the step (both in scaled norm). Once
+    most rows have met it, the others are iterated alone.
     """
     D, x, y = change
+    step, done = np.empty(g.shape), np.zeros(g.shape[0], dtype=bool)
+    rows = np.arange(g.shape[0])   # the rows still iterated
     solve = _woodbury_solve(x, y, inverse)
     s = solve(g)
     for _ in range(_NEUMANN_MAX_STEPS):
         s_next = solve(g + np.matmul(D, s[:, :, None])[:, :, 0])
         difference, size = (s_next - s) * d, s_next * d
-        done = (ratio ** 2 * np.einsum("ij,ij->i", difference, difference)
-                <= _NEUMANN_RTOL ** 2 * np.einsum("ij,ij->i", size, size))
+        met = (ratio ** 2 * np.einsum("ij,ij->i", difference, difference)
+               <= _NEUMANN_RTOL ** 2 * np.einsum("ij,ij->i", size, size))
         s = s_next
-        if done.all():
+        step[rows] = s
+        done[rows] |= met
+        if met.all():
             break
-    return s, done
+        if 2 * np.count_nonzero(met) >= met.size:
+            rest = ~met
+            rows, D, g, ratio, s = rows[rest], D[rest], g[rest], ratio[rest], s[rest]
+            if x is not None:
+                x, y = x[rest], y[rest]
+            solve = _woodbury_solve(x, y, inverse)
+    return step, done
 
 
 def _woodbury_solve(x, y, inverse):

@@ -152,7 +152,7 @@ class CoxHessianChanges:
         self.special = np.flatnonzero((st.r > 0) & (st.r > _DOMINANT * reach))
         self._special_cache = None
         # the coefficients of the five moments in the own group's terms before removal,
-        # sum_{s in g} c_s V_s (:meth:`_own_matrices`)
+        # sum_{s in g} c_s V_s (:meth:`_own_parts`)
         self.before_coef = self._coefficients(np.ones_like(st.a)[None], [0])[:, 0]
         self._own_cache = (-1, None)
         self._setup_own()
@@ -171,12 +171,9 @@ class CoxHessianChanges:
         return out
 
     def _own_matrices(self, g):
-        """``[before, moments]`` of group ``g`` (6, p^2): the own group's terms (the last kept)."""
+        """:meth:`_moments` of group ``g`` (5, p^2), for the own group's terms (the last kept)."""
         if self._own_cache[0] != g:
-            matrices = np.empty((6, self.pp))
-            matrices[1:] = self._moments(g, g + 1)[0]
-            matrices[0] = -self.before_coef[g] @ matrices[1:]
-            self._own_cache = (g, matrices)
+            self._own_cache = (g, self._moments(g, g + 1)[0])
         return self._own_cache[1]
 
     # ----------------------------------------------------------------------
@@ -370,22 +367,22 @@ class CoxHessianChanges:
         vector parts to ``y``.
         """
         st = self.st
-        coef = np.empty((u.size, 6 + _TERMS))
-        coef[:, 6:] = (st.r[u] / np.exp(self.log_ref[last]))[:, None] ** np.arange(1, _TERMS + 1)
-        coef[aligned, :6], y[aligned] = self._own_parts(u[aligned], last[aligned] + 1)
+        coef = np.empty((u.size, 5 + _TERMS))
+        coef[:, 5:] = (st.r[u] / np.exp(self.log_ref[last]))[:, None] ** np.arange(1, _TERMS + 1)
+        coef[aligned, :5], y[aligned] = self._own_parts(u[aligned], last[aligned] + 1)
         runs = np.flatnonzero(np.diff(last) | np.diff(aligned) | np.diff(needed)) + 1
         runs = np.concatenate([[0], runs, [u.size]])
         run_group = np.searchsorted(groups, last[runs[:-1]])
         vector = np.empty((u.size, self.p + 1))
-        for w_lo, w_hi, tables, vectors in self._windows(groups, bounds, 6):
+        for w_lo, w_hi, tables, vectors in self._windows(groups, bounds, 5):
             filled = -1   # (the window's group whose own matrices are in its tables)
             for r in range(np.searchsorted(run_group, w_lo), np.searchsorted(run_group, w_hi)):
                 lo, hi, i = runs[r], runs[r + 1], run_group[r] - w_lo
-                j, own = needed[lo], 0 if aligned[lo] else 6
+                j, own = needed[lo], 0 if aligned[lo] else 5
                 if aligned[lo] and i != filled:
-                    tables[i, :6], filled = self._own_matrices(last[lo] + 1), i
-                np.matmul(coef[lo:hi, own:6 + j], tables[i, own:6 + j], out=mat[lo:hi])
-                np.matmul(coef[lo:hi, 6:6 + j], vectors[i, :j], out=vector[lo:hi])
+                    tables[i, :5], filled = self._own_matrices(last[lo] + 1), i
+                np.matmul(coef[lo:hi, own:5 + j], tables[i, own:5 + j], out=mat[lo:hi])
+                np.matmul(coef[lo:hi, 5:5 + j], vectors[i, :j], out=vector[lo:hi])
         self._add_vector_part(u, vector, y)
 
     def _term_sums(self, u, last, needed, groups, bounds, mat, y):
@@ -470,14 +467,15 @@ class CoxHessianChanges:
         After: ``c' [S2' E0 - D2' E1 - s1' s1'^T E2 + (s1' d1'^T + d1' s1'^T) E3 -
         d1' d1'^T E4]`` with the group's sums without the row (primes:
         ``S2' = S2 - r x x^T``, ``s1' = S1 - r x``, ...). With ``s1'``, ``d1'``
-        expanded, the change is ``[1, -E0, E1, E2, -E3, E4]`` times the group's
-        ``[before, moments]`` (:meth:`_moments`) plus ``x y^T + y x^T``; returns those coefficients
-        (k, 6) and ``y`` (k, p).
+        expanded, and the term before removal ``-self.before_coef[g]`` times the
+        group's moments (:meth:`_moments`), the change is ``[-E0, E1, E2, -E3, E4] -
+        before_coef[g]`` times the moments plus ``x y^T + y x^T``; returns those
+        coefficients (k, 5) and ``y`` (k, p).
         """
         st = self.st
         E = self.own_E.take(self.own_index[u], axis=1)
         ru, x = st.r[u], st.X.take(u, axis=0)
-        coef = np.column_stack([np.ones(u.size), -E[0], E[1], E[2], -E[3], E[4]])
+        coef = np.column_stack([-E[0], E[1], E[2], -E[3], E[4]]) - self.before_coef.take(g, axis=0)
         alpha = ru * (E[0] - E[1]) + ru ** 2 * (E[2] - 2.0 * E[3] + E[4])
         y = (0.5 * alpha[:, None] * x
              + (ru * (E[3] - E[2]))[:, None] * st.S1.take(g, axis=0)
