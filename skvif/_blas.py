@@ -2,12 +2,40 @@
 
 import contextlib
 import functools
+import os
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-_THREADPOOLS = []  # the ThreadpoolController, made on first use (0.05 to 0.1 s here)
+_THREADPOOLS = []  # the controller of the BLAS libraries, made on first use
 _SINGLE_THREAD_MIN_ROWS = 2**12
+
+
+class _BlasController(ThreadpoolController):
+    """A ``ThreadpoolController`` that looks only at loaded libraries named like a BLAS.
+
+    threadpoolctl resolves the path of each of the (here about 230) loaded
+    libraries: 13 to 26 ms, against 4 ms for the few whose names hold "blas"
+    or "mkl" (on Linux; elsewhere, or should threadpoolctl's internals change,
+    :func:`_blas_controller` falls back to the full scan).
+    """
+
+    def _find_libraries_with_linux(self):
+        with open("/proc/self/maps", "rb") as f:
+            maps = f.read()
+        for path in set(self._PATH_RE.findall(maps)):
+            name = os.path.basename(path).lower()
+            if b"blas" in name or b"mkl" in name:
+                self._make_controller_from_path(path.decode("utf-8"))
+
+
+def _blas_controller():
+    try:
+        controller = _BlasController()
+    except Exception:   # (threadpoolctl's private names changed)
+        return ThreadpoolController()
+    blas = controller.select(user_api="blas")
+    return controller if blas.lib_controllers else ThreadpoolController()
 
 
 @contextlib.contextmanager
@@ -25,7 +53,7 @@ def single_blas_thread(length):
         yield
         return
     if not _THREADPOOLS:
-        _THREADPOOLS.append(ThreadpoolController())
+        _THREADPOOLS.append(_blas_controller())
     with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
         yield
 

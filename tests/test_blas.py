@@ -1,0 +1,34 @@
+"""BLAS threads: the lean controller finds what threadpoolctl's full scan finds."""
+
+import numpy as np
+from threadpoolctl import ThreadpoolController, threadpool_info
+
+from skvif import _blas
+
+
+def _blas_paths(controller):
+    return sorted(lib.filepath for lib in controller.select(user_api="blas").lib_controllers)
+
+
+def test_blas_controller_finds_the_blas_libraries_of_the_full_scan():
+    assert _blas_paths(_blas._blas_controller()) == _blas_paths(ThreadpoolController())
+
+
+def test_single_blas_thread_limits_and_restores(monkeypatch):
+    monkeypatch.setattr(_blas, "_THREADPOOLS", [])
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info()
+              if i["user_api"] == "blas"}
+    with _blas.single_blas_thread(_blas._SINGLE_THREAD_MIN_ROWS):
+        inside = {i["filepath"]: i["num_threads"] for i in threadpool_info()
+                  if i["user_api"] == "blas"}
+        np.ones((3, 3)) @ np.ones(3)
+    after = {i["filepath"]: i["num_threads"] for i in threadpool_info()
+             if i["user_api"] == "blas"}
+    assert inside and set(inside) == set(before)
+    assert all(threads == 1 for threads in inside.values())
+    assert after == before
+    # below the size nothing is looked up
+    monkeypatch.setattr(_blas, "_THREADPOOLS", [])
+    with _blas.single_blas_thread(_blas._SINGLE_THREAD_MIN_ROWS - 1):
+        pass
+    assert _blas._THREADPOOLS == []
