@@ -11,8 +11,10 @@ from skvif import _engine
 from skvif.survival import CoxPHInfluence
 from skvif.survival import _fast_hessian
 from skvif.survival._fast import negative_log_partial_likelihood as closed_form_loss
-from skvif.survival._fast import (cumulative_at, gradient_and_hessian, gradient_change_rows,
-                                  gradient_changes, hessian_changes, weight_derivatives)
+from skvif.survival._fast import (_group_intervals, cumulative_at, gradient_and_hessian,
+                                  gradient_change_rows, gradient_changes, hessian_changes,
+                                  weight_derivatives)
+from skvif.survival._objective import RiskSets
 from skvif.survival._fast_hessian import closed_form_hessian_changes
 
 
@@ -500,3 +502,27 @@ def test_bad_out_is_named(kwargs, error, match):
         m.influence_(out=frozen)
     with pytest.raises(ValueError, match="as an array"):
         m.influence_(X[:2], target="predict", out=np.zeros((60, 2)))
+
+
+def test_group_intervals_against_python_loops():
+    # the tie groups at which each row is at risk, by strata, with delayed entry and heavy
+    # ties; "before its own death" leaves out the row's own event time
+    rng = np.random.default_rng(8)
+    n = 300
+    time = rng.integers(1, 12, size=n).astype(float)
+    event = rng.random(n) < 0.6
+    strata = rng.integers(0, 3, size=n)
+    entry = np.floor(time * rng.random(n))
+    dying = event & (rng.random(n) < 0.8)
+    for rs in (RiskSets(time, event, strata=strata), RiskSets(time, event, entry, strata)):
+        g_lo, g_hi = _group_intervals(rs)
+        _, before = _group_intervals(rs, before_own_death=dying)
+        for i in range(n):
+            groups = [g for g in range(rs.group_time.size) if rs.group_stratum[g] == strata[i]
+                      and (rs.entry is None or rs.group_time[g] > entry[i])]
+            at_risk = [g for g in groups if rs.group_time[g] <= time[i]]
+            own = [g for g in at_risk if not (dying[i] and rs.group_time[g] == time[i])]
+            start = at_risk[0] if at_risk else None
+            assert g_hi[i] - g_lo[i] == len(at_risk) and before[i] - g_lo[i] == len(own)
+            if start is not None:
+                assert g_lo[i] == start

@@ -243,30 +243,34 @@ class _Statistics:
 
 
 def _group_intervals(rs, before_own_death=None):
-    """First and one-past-last tie group at which each row is at risk.
+    """First and one-past-last tie group at which each row is at risk (read-only arrays).
 
-    Where ``before_own_death`` is set, the row's own event time is left out.
+    Where ``before_own_death`` is set (dying rows), the row's own event time is
+    left out: its group is the last of ``g_hi``, since every event time is a
+    group's. Searched once per data set (:func:`_at_risk_intervals`).
     """
-    g_lo = np.empty(rs.n_samples, dtype=np.intp)
-    g_hi = np.empty(rs.n_samples, dtype=np.intp)
-    for s in range(rs.n_strata):
-        rows = np.flatnonzero(rs.row_stratum == s)
-        first = np.searchsorted(rs.group_stratum, s, side="left")
-        last = np.searchsorted(rs.group_stratum, s, side="right")
-        times = rs.group_time[first:last]
-        g_lo[rows] = first if rs.entry is None else first + np.searchsorted(
-            times, rs.entry[rows], side="right")
-        g_hi[rows] = first + np.searchsorted(times, rs.time[rows], side="right")
-        if before_own_death is not None:
-            own = rows[before_own_death[rows]]
-            g_hi[own] = first + np.searchsorted(times, rs.time[own], side="left")
+    g_lo, g_hi = _at_risk_intervals(rs)
+    if before_own_death is not None:
+        g_hi = g_hi - (before_own_death & rs.event)
+        g_hi.flags.writeable = False
     return g_lo, g_hi
 
 
 def _at_risk_intervals(rs):
-    """``_group_intervals(rs)``, computed once per data set."""
+    """``g_lo, g_hi`` of :func:`_group_intervals`, searched once per data set."""
     if getattr(rs, "_at_risk_intervals", None) is None:
-        rs._at_risk_intervals = _group_intervals(rs)
+        g_lo = np.empty(rs.n_samples, dtype=np.intp)
+        g_hi = np.empty(rs.n_samples, dtype=np.intp)
+        for s in range(rs.n_strata):
+            rows = np.flatnonzero(rs.row_stratum == s)
+            first = np.searchsorted(rs.group_stratum, s, side="left")
+            last = np.searchsorted(rs.group_stratum, s, side="right")
+            times = rs.group_time[first:last]
+            g_lo[rows] = first if rs.entry is None else first + np.searchsorted(
+                times, rs.entry[rows], side="right")
+            g_hi[rows] = first + np.searchsorted(times, rs.time[rows], side="right")
+        g_lo.flags.writeable = g_hi.flags.writeable = False
+        rs._at_risk_intervals = g_lo, g_hi
     return rs._at_risk_intervals
 
 
