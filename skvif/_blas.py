@@ -30,6 +30,7 @@ class _BlasController(ThreadpoolController):
 
 
 def _blas_controller():
+    """:class:`_BlasController`, or threadpoolctl's own where it finds no BLAS or fails."""
     try:
         controller = _BlasController()
     except Exception:   # (threadpoolctl's private names changed)

@@ -1,6 +1,5 @@
 """BLAS threads: the lean controller finds what threadpoolctl's full scan finds."""
 
-import numpy as np
 from threadpoolctl import ThreadpoolController, threadpool_info
 
 from skvif import _blas
@@ -14,16 +13,16 @@ def test_blas_controller_finds_the_blas_libraries_of_the_full_scan():
     assert _blas_paths(_blas._blas_controller()) == _blas_paths(ThreadpoolController())
 
 
+def _blas_threads():
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
 def test_single_blas_thread_limits_and_restores(monkeypatch):
     monkeypatch.setattr(_blas, "_THREADPOOLS", [])
-    before = {i["filepath"]: i["num_threads"] for i in threadpool_info()
-              if i["user_api"] == "blas"}
+    before = _blas_threads()
     with _blas.single_blas_thread(_blas._SINGLE_THREAD_MIN_ROWS):
-        inside = {i["filepath"]: i["num_threads"] for i in threadpool_info()
-                  if i["user_api"] == "blas"}
-        np.ones((3, 3)) @ np.ones(3)
-    after = {i["filepath"]: i["num_threads"] for i in threadpool_info()
-             if i["user_api"] == "blas"}
+        inside = _blas_threads()
+    after = _blas_threads()
     assert inside and set(inside) == set(before)
     assert all(threads == 1 for threads in inside.values())
     assert after == before

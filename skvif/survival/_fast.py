@@ -246,8 +246,9 @@ def _group_intervals(rs, before_own_death=None):
     """First and one-past-last tie group at which each row is at risk (read-only arrays).
 
     Where ``before_own_death`` is set (dying rows), the row's own event time is
-    left out: its group is the last of ``g_hi``, since every event time is a
-    group's. Searched once per data set (:func:`_at_risk_intervals`).
+    left out: ``g_hi`` one less (every event time is a tie group's, the row's
+    own the last at which it is at risk). Searched once per data set
+    (:func:`_at_risk_intervals`).
     """
     g_lo, g_hi = _at_risk_intervals(rs)
     if before_own_death is not None:
