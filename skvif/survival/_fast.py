@@ -44,7 +44,7 @@ from scipy.special import digamma, polygamma
 
 from .._blas import single_blas_thread, single_threaded_blas
 from .._engine import unit_rows
-from ._objective import segment_cumsum, stratum_max, survival_probabilities
+from ._objective import cumsum_by_segment, segment_cumsum, stratum_max, survival_probabilities
 
 __all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_changes",
            "weight_derivatives", "gradient_and_hessian", "negative_log_partial_likelihood"]
@@ -81,9 +81,7 @@ def cumulative_at(segment, restart, last, out=None):
     (n_segments, m), one of the sorted design's parts' sums, is overwritten
     (and returned when ``last`` takes every row in order and ``out`` is None).
     """
-    bounds = list(restart) + [segment.shape[0]]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        np.cumsum(segment[lo:hi], axis=0, out=segment[lo:hi])
+    cumsum_by_segment(segment, restart, segment, axis=0)
     if out is None and np.array_equal(last, np.arange(segment.shape[0])):
         return segment
     if out is None:
@@ -247,18 +245,8 @@ def _group_intervals(rs, before_own_death=None):
 
     Where ``before_own_death`` is set (dying rows), the row's own event time is
     left out: ``g_hi`` one less (every event time is a tie group's, the row's
-    own the last at which it is at risk). Searched once per data set
-    (:func:`_at_risk_intervals`).
+    own the last at which it is at risk). Searched once per data set.
     """
-    g_lo, g_hi = _at_risk_intervals(rs)
-    if before_own_death is not None:
-        g_hi = g_hi - (before_own_death & rs.event)
-        g_hi.flags.writeable = False
-    return g_lo, g_hi
-
-
-def _at_risk_intervals(rs):
-    """``g_lo, g_hi`` of :func:`_group_intervals`, searched once per data set."""
     if getattr(rs, "_at_risk_intervals", None) is None:
         g_lo = np.empty(rs.n_samples, dtype=np.intp)
         g_hi = np.empty(rs.n_samples, dtype=np.intp)
@@ -272,7 +260,11 @@ def _at_risk_intervals(rs):
             g_hi[rows] = first + np.searchsorted(times, rs.time[rows], side="right")
         g_lo.flags.writeable = g_hi.flags.writeable = False
         rs._at_risk_intervals = g_lo, g_hi
-    return rs._at_risk_intervals
+    g_lo, g_hi = rs._at_risk_intervals
+    if before_own_death is not None:
+        g_hi = g_hi - (before_own_death & rs.event)
+        g_hi.flags.writeable = False
+    return g_lo, g_hi
 
 
 # --------------------------------------------------------------------------
@@ -293,7 +285,7 @@ def gradient_and_hessian(params, X, rs, weights, ties, alpha=0.0, design=None):
     """
     design = _SortedDesign(X, rs) if design is None else design
     st = _Statistics(X @ params, X, rs, weights, ties, design)
-    g_lo, g_hi = _at_risk_intervals(rs)
+    g_lo, g_hi = _group_intervals(rs)
     # per group: sum_s c_s f_s^k / a_s^j over its slots (m_s = (S1 - f_s D1) / a_s), so
     # that nothing of size (p, n_slots) is formed
     inv = st.c / st.a
@@ -863,7 +855,7 @@ def weight_derivatives(params, X, rs, case_weights, ties, design=None):
     st = _Statistics(X @ params, X, rs, w, ties, design)
     a, m, c, bounds = st.a, st.m, st.c, st.bounds
     e = np.where(w > 0, st.r / np.where(w > 0, w, 1.0), 0.0)  # exp(eta - shift)
-    g_lo, g_hi = _at_risk_intervals(rs)
+    g_lo, g_hi = _group_intervals(rs)
     rows = np.arange(X.shape[0])
     ca = c / a
     sums = st.interval_sums(np.vstack([ca, ca * m]), bounds[g_lo], bounds[g_hi], rows)

@@ -115,14 +115,23 @@ class RiskSets:
         return segment_sums(values[..., self.deaths], self.death_bounds[:-1])
 
 
+def cumsum_by_segment(values, starts, out, axis=-1):
+    """Cumulative sums along ``axis`` that restart at each index of ``starts``, into ``out``.
+
+    ``out`` may be ``values`` itself (in place).
+    """
+    bounds = list(starts) + [values.shape[axis]]
+    at = [slice(None)] * values.ndim
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        at[axis] = slice(lo, hi)
+        np.cumsum(values[tuple(at)], axis=axis, out=out[tuple(at)])
+    return out
+
+
 @primitive
 def segment_cumsum(values, starts):
     """Cumulative sums along the last axis that restart at each index of ``starts``."""
-    out = np.empty_like(values)
-    bounds = list(starts) + [values.shape[-1]]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        np.cumsum(values[..., lo:hi], axis=-1, out=out[..., lo:hi])
-    return out
+    return cumsum_by_segment(values, starts, np.empty_like(values))
 
 
 def _reversed_segment_cumsum(values, starts):
