@@ -241,6 +241,78 @@ def test_closed_forms_extreme_linear_predictor():
         seed=342, ties_level=20, big_group=0, eta_max=50.0, n_strata=1, ties="efron")
 
 
+def _explicit_risk_sets(time, event, entry, strata, w):
+    """Each (stratum, event time) with weighted deaths: its at-risk, later and not-entered rows."""
+    for s in np.unique(strata):
+        for t in np.unique(time[event & (strata == s)]):
+            dead = event & (strata == s) & (time == t)
+            if w[dead].sum() > 0:
+                later = (strata == s) & (time >= t)
+                yield dead, later & (entry < t), later, later & (entry >= t)
+
+
+def _entry_rounding_reference(eta, time, event, entry, strata, w):
+    """eps (A + B) / T over the risk sets: A later rows, B not entered, T = A - B at risk."""
+    r = w * np.exp(eta - eta.max())
+    return np.finfo(float).eps * max(
+        (r[later].sum() + r[waiting].sum()) / r[at_risk].sum()
+        for _, at_risk, later, waiting in _explicit_risk_sets(time, event, entry, strata, w))
+
+
+def _breslow_hessian_long_double(beta, X, time, event, entry, strata, w):
+    """The Breslow Hessian from explicit risk sets in long double: no differences of sums."""
+    X, eta = X.astype(np.longdouble), X.astype(np.longdouble) @ beta.astype(np.longdouble)
+    H = np.zeros((X.shape[1],) * 2, dtype=np.longdouble)
+    for dead, at_risk, _, _ in _explicit_risk_sets(time, event, entry, strata, w):
+        r = w[at_risk] * np.exp(eta[at_risk] - eta[at_risk].max())
+        centered = X[at_risk] - (r @ X[at_risk]) / r.sum()
+        H += w[dead].sum() * (centered.T * r) @ centered / r.sum()
+    return H.astype(float)
+
+
+@pytest.mark.parametrize("seed", [7919 * k for k in range(1, 13)] + [65536])
+def test_entry_rounding_bounds_the_error_of_delayed_entry_sums(seed):
+    # delayed entry with x beta spanning ~40: the risk-set sums are differences that lose up
+    # to all their digits; the bound says how many, against explicit sums in long double
+    n = 60
+    X, y, w, strata, units, rng = _adversarial(seed, n, 0, 0, 20.0, 3)
+    entry = rng.uniform(0, 0.5, n) * y[:, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = CoxPHInfluence(ties="breslow").fit(X, y, sample_weight=w, strata=strata,
+                                               entry=entry)
+    beta = _at_params(m, units, 20.0, rng)
+    time, event = y[:, 0], y[:, 1].astype(bool)
+    bound = m._risk_sets.entry_rounding(m._X @ beta, m._case_weights)
+    reference = _entry_rounding_reference(m._X @ beta, time, event, entry, strata, w)
+    assert reference / 2 <= bound <= max(2 * reference, 1e-15) or bound == np.inf
+    _, H = gradient_and_hessian(beta, m._X, m._risk_sets, m._case_weights, "breslow")
+    exact = _breslow_hessian_long_double(beta, m._X, time, event, entry, strata, w)
+    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
+    assert np.abs((H - exact) / scale).max() <= 20 * bound + 1e-13
+
+
+def test_fit_warns_when_delayed_entry_sums_lose_digits():
+    # the riskiest rows (log hazard 20 x) enter late: before they do, each risk set holds
+    # ~exp(-10) of the risk of the rows counted as not yet entered
+    rng = np.random.default_rng(0)
+    n = 300
+    x = rng.uniform(-1, 1, n)
+    entry = np.where(x > 0.5, 10.0, 0.0)
+    time = np.minimum(entry + rng.exponential(np.exp(-20.0 * x)), 20.0)
+    y = np.c_[time, time < 20.0]
+    with pytest.warns(UserWarning, match="Delayed entry.*accurate to about"):
+        m = CoxPHInfluence().fit(x[:, None], y, entry=entry)
+    reference = _entry_rounding_reference(m._X @ m.coef_, time, y[:, 1].astype(bool), entry,
+                                          np.zeros(n, dtype=int), np.ones(n))
+    assert reference > 1e-6
+    # every row entered from the start: no differences, no such warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CoxPHInfluence().fit(x[:, None], y, entry=np.full(n, -1.0))
+    assert not [w for w in caught if "Delayed entry" in str(w.message)]
+
+
 @settings(max_examples=12, deadline=None, derandomize=True,
           phases=[Phase.explicit, Phase.generate])
 @given(seed=st.integers(0, 2**16), ties_level=st.sampled_from([0, 2, 20]),
@@ -251,7 +323,8 @@ def test_closed_form_gradient_and_hessian_match_autograd(seed, ties_level, big_g
                                                          n_strata, ties, entry, alpha):
     # the fit's, the standard errors' and every refit's gradient and Hessian
     # (with delayed entry both sides subtract the not-yet-entered rows' risk from the
-    # risk-set sums, which loses digits once |x beta| spans more than ~40: capped there)
+    # risk-set sums, which loses digits as |x beta| spans tens: capped at 40, and the
+    # tolerance widened by the rounding those differences allow, an independent bound)
     n = 60
     eta_max = min(eta_max, 20.0) if entry else eta_max
     X, y, w, strata, units, rng = _adversarial(seed, n, ties_level, big_group, eta_max, n_strata)
@@ -261,13 +334,17 @@ def test_closed_form_gradient_and_hessian_match_autograd(seed, ties_level, big_g
         m = CoxPHInfluence(ties=ties, alpha=alpha).fit(X, y, sample_weight=w, strata=strata,
                                                        entry=start)
     beta = _at_params(m, units, eta_max, rng)
-    for weights in (np.ones(n), rng.choice([0.0, 1.0], size=n, p=[0.2, 0.8])):
+    # (back to the first weights last: what was kept for the weights before is not reused)
+    ones = np.ones(n)
+    for weights in (ones, rng.choice([0.0, 1.0], size=n, p=[0.2, 0.8]), ones):
         g_ref = grad(m._loss())(beta, weights)
         H_ref = hessian(m._loss())(beta, weights)
         g, H = gradient_and_hessian(beta, m._X, m._risk_sets, m._case_weights * weights, ties,
                                     alpha)
+        rounding = 0.0 if start is None else _entry_rounding_reference(
+            m._X @ beta, y[:, 0], y[:, 1].astype(bool), start, strata, w * weights)
         scale = np.sqrt(np.outer(np.abs(np.diag(H_ref)), np.abs(np.diag(H_ref)))) + 1e-300
-        assert np.abs((H - H_ref) / scale).max() < 1e-9
+        assert np.abs((H - H_ref) / scale).max() < 1e-9 + 40 * rounding
         assert np.abs((g - g_ref) / (np.sqrt(np.abs(np.diag(H_ref))) + 1e-300)).max() < 1e-6
         value = m._loss()(beta, weights)  # the line search's loss too
         assert abs(closed_form_loss(beta, m._X, m._risk_sets, m._case_weights * weights, ties,

@@ -167,6 +167,52 @@ def _sorted_design(X, rs):
     return design
 
 
+class _WeightSlots:
+    """The parts of :class:`_Statistics` that depend on the weights ``w`` only (read-only).
+
+    ``W`` and ``n_present`` (n_groups,) the weight and the number of rows of
+    positive weight among each group's tied deaths; ``slot_group``,
+    ``bounds``, ``frac``, ``c``, ``slot_starts``, ``group_starts`` as in
+    :class:`_Statistics`; ``counted`` the slots that count.
+    """
+
+    def __init__(self, rs, w, ties):
+        self.W = W = rs.death_sums(w)
+        self.n_present = rs.death_sums((w > 0).astype(float))
+        if ties == "breslow":
+            self.slot_group, self.bounds = np.arange(W.size), np.arange(W.size + 1)
+            self.frac, self.c, self.counted = np.zeros(W.size), W, W > 0
+        else:
+            g, k, self.bounds = rs.slot_group, rs.slot_rank, rs.death_bounds
+            d = self.n_present[g]
+            self.slot_group, self.counted = g, k < d
+            self.frac = np.where(self.counted, k / np.maximum(d, 1), 0.0)
+            self.c = np.where(self.counted, W[g] / np.maximum(d, 1), 0.0)
+        # where each stratum's slots (and groups) start
+        strata = np.arange(rs.n_strata)
+        self.slot_starts = np.searchsorted(rs.group_stratum[self.slot_group], strata)
+        self.group_starts = np.searchsorted(rs.group_stratum, strata)
+        own = [id(part) for part in vars(rs).values()]
+        for part in vars(self).values():
+            if id(part) not in own:   # (the risk sets' own arrays stay as they are)
+                part.flags.writeable = False
+
+
+_SLOTS = weakref.WeakKeyDictionary()  # RiskSets -> (ties, w, _WeightSlots) of the last w
+
+
+def _weight_slots(rs, w, ties):
+    """The :class:`_WeightSlots` of ``(rs, w, ties)``, kept for the last ``w`` seen.
+
+    A fit's Newton iterations and its influence all use the same weights
+    (new arrays, compared by value).
+    """
+    cached = _SLOTS.get(rs)
+    if cached is None or cached[0] != ties or not np.array_equal(cached[1], w):
+        cached = _SLOTS[rs] = (ties, np.array(w, dtype=float), _WeightSlots(rs, w, ties))
+    return cached[2]
+
+
 class _Statistics:
     """Risk scores and per-slot sums of one problem (linear predictor ``eta``, weights ``w``).
 
@@ -190,26 +236,12 @@ class _Statistics:
             self.S0, self.D0 = rs.risk_sums(r), rs.death_sums(r)
             self.S1 = self.D1 = None
         self.design = design
-        self.W = rs.death_sums(w)
-        self.n_present = rs.death_sums((w > 0).astype(float))
-        if ties == "breslow":
-            self.slot_group = np.arange(self.S0.size)
-            self.bounds = np.arange(self.S0.size + 1)
-            self.frac = np.zeros(self.S0.size)
-            self.a = np.where(self.W > 0, self.S0, 1.0)
-            self.c = self.W
-        else:
-            g, k = rs.slot_group, rs.slot_rank
-            d = self.n_present[g]
-            valid = k < d
-            self.slot_group, self.bounds = g, rs.death_bounds
-            self.frac = np.where(valid, k / np.maximum(d, 1), 0.0)
-            self.a = np.where(valid, self.S0[g] - self.frac * self.D0[g], 1.0)
-            self.c = np.where(valid, self.W[g] / np.maximum(d, 1), 0.0)
-        # where each stratum's slots (and groups) start
-        strata = np.arange(rs.n_strata)
-        self.slot_starts = np.searchsorted(rs.group_stratum[self.slot_group], strata)
-        self.group_starts = np.searchsorted(rs.group_stratum, strata)
+        slots = _weight_slots(rs, w, ties)
+        self.W, self.n_present, self.c, self.frac = slots.W, slots.n_present, slots.c, slots.frac
+        self.slot_group, self.bounds = slots.slot_group, slots.bounds
+        self.slot_starts, self.group_starts = slots.slot_starts, slots.group_starts
+        g = self.slot_group
+        self.a = np.where(slots.counted, self.S0[g] - self.frac * self.D0[g], 1.0)
         self._m = None
 
     @property
