@@ -324,10 +324,13 @@ def scale(*args):
                 print(f"  skvif fit + vif / {label:28s} = {ours / theirs:6.2f}")
         if seconds("skvif-newton") and ours:
             print(f"  skvif fit + newton / fit + vif = {seconds('skvif-newton') / ours:6.2f}")
-        if previous and previous[0][1] == p and ours:
-            print(f"  growth of skvif fit + vif per 10x n: {ours / previous[1]:.1f}x "
-                  f"(n log n would be {10 * np.log(n) / np.log(previous[0][0]):.1f}x)")
-        previous = ((n, p), ours)
+        if previous and previous[0][1] == p:
+            # every tool's own growth: what the machine's memory does to n log n work
+            grown = [f"{tool} {seconds(tool) / before:.1f}x" for tool, before in
+                     previous[1].items() if before and seconds(tool)]
+            print(f"  growth per 10x n (n log n would be "
+                  f"{10 * np.log(n) / np.log(previous[0][0]):.1f}x): " + ", ".join(grown))
+        previous = ((n, p), {tool: seconds(tool) for tool in res})
 
 
 SECTIONS = {"rossi": rossi, "delta_beta": delta_beta, "refits": refits, "large": large,

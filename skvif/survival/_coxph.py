@@ -34,6 +34,8 @@ __all__ = ["CoxPHInfluence", "check_survival_y"]
 
 TARGETS = ("coef", "predict", "survival", "loss")
 SCALES = ("raw", "se")
+# relative rounding of the delayed-entry risk-set sums above which fit warns
+ENTRY_ROUNDING_WARN = 1e-6
 
 # column names read as the event indicator / the time of a 2-column y (lower case)
 EVENT_NAMES = ("event", "events", "status", "arrest", "cens", "death", "dead", "died",
@@ -437,6 +439,17 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
                 "multiplies the hazard by more than exp(15)): the partial likelihood is "
                 "probably monotone (a covariate separates events from non-events). "
                 "Set a ridge penalty alpha.", ConvergenceWarning, stacklevel=2)
+        if entry is not None:  # (the risk-set sums are then differences of two sums)
+            eta = self._X @ self.coef_
+            rounding = self._risk_sets.entry_rounding(eta, case_weights)
+            if rounding > ENTRY_ROUNDING_WARN:
+                warnings.warn(
+                    f"Delayed entry: at some event times nearly all the risk (exp(x beta)) "
+                    f"is on rows not yet entered, so the risk-set sums, differences of two "
+                    f"sums, are only accurate to about {min(rounding, 1.0):.0e} of "
+                    f"themselves; the coefficients, standard errors and influence may be "
+                    f"wrong from that digit on (x beta spans {np.ptp(eta):.0f}).",
+                    UserWarning, stacklevel=2)
         self.log_likelihood_ = -float(negative_log_partial_likelihood(
             self.coef_, case_weights, self._X, self._risk_sets, self._ties))
         self.baseline_cumulative_hazard_ = self._baseline_frame()

@@ -68,11 +68,12 @@ class RiskSets:
         # risk-set sums as differences of cumulative sums in (stratum, -time) order
         self.time_order, self.time_lo, self.time_hi = self._bounds(codes, time)
         # where each stratum starts in time_order (clipped: a test set may lack strata)
-        self.stratum_starts = np.minimum(
-            np.searchsorted(codes[self.time_order], np.arange(self.n_strata)), max(n - 1, 0))
+        self._time_starts = self._stratum_block_starts(self.time_order)
+        self.stratum_starts = np.minimum(self._time_starts, max(n - 1, 0))
         if entry is not None:
             self.entry_order, self.entry_lo, self.entry_hi = self._bounds(
                 codes, np.asarray(entry, dtype=float))
+            self._entry_starts = self._stratum_block_starts(self.entry_order)
 
     def _bounds(self, codes, t):
         """Order rows by (stratum, -t); for each group, the slice of rows with t >= group time."""
@@ -88,27 +89,58 @@ class RiskSets:
                 sorted_neg_t[starts[s]:stop], -self.group_time[in_s], side="right")
         return order, lo, hi
 
-    def _stratum_prefix_sums(self, values, order, lo, hi):
+    @staticmethod
+    def _stratum_prefix_sums(values, order, lo, hi, starts):
         """Sum of ``values[..., order[lo:hi]]`` for every group, ``lo`` its stratum's start.
 
-        Cumulative sums restart at every stratum, so that no sum is the
-        difference of two large running totals (which would lose the small
-        risk sets of one stratum to the rounding of the others).
+        Cumulative sums restart at every stratum (which starts at ``starts``
+        in ``order``), so that no sum is the difference of two large running
+        totals (which would lose the small risk sets of one stratum to the
+        rounding of the others).
         """
-        cum = segment_cumsum(values[..., order], self._stratum_block_starts(order))
+        cum = segment_cumsum(values[..., order], starts)
         last = np.maximum(hi - 1, 0)
         return anp.where(hi > lo, cum[..., last], 0.0)
 
     def _stratum_block_starts(self, order):
         return np.searchsorted(self.row_stratum[order], np.arange(self.n_strata))
 
+    def _later_and_waiting(self, values):
+        """Sums of ``values`` per group over the rows whose time is at or after the group's
+        and (``None`` without entry) over those of them not yet entered."""
+        later = self._stratum_prefix_sums(values, self.time_order, self.time_lo, self.time_hi,
+                                          self._time_starts)
+        if not self.has_entry:
+            return later, None
+        return later, self._stratum_prefix_sums(values, self.entry_order, self.entry_lo,
+                                                self.entry_hi, self._entry_starts)
+
     def risk_sums(self, values):
         """Sum of ``values`` over the risk set of every group, shape (..., n_groups)."""
-        total = self._stratum_prefix_sums(values, self.time_order, self.time_lo, self.time_hi)
-        if self.has_entry:  # rows that enter at or after the group time are not yet at risk
-            total = total - self._stratum_prefix_sums(values, self.entry_order, self.entry_lo,
-                                                      self.entry_hi)
-        return total
+        later, waiting = self._later_and_waiting(values)
+        # (rows that enter at or after the group time are not yet at risk)
+        return later if waiting is None else later - waiting
+
+    def entry_rounding(self, eta, weights):
+        """Relative rounding bound of the risk-set sums of ``weights * exp(eta)`` (entry).
+
+        With delayed entry a risk-set sum ``T = A - B`` is a difference: ``A``
+        over the rows whose time is at or after the group's, ``B`` over those
+        of them not yet entered. Each is rounded to about ``eps`` of itself,
+        so ``T`` to ``eps (A + B) / T`` of itself: large where the rows not
+        yet entered carry nearly all the risk (``|x beta|`` spanning tens).
+        Returns the largest over the groups whose deaths carry weight (0.0
+        without entry; ``inf`` where a sum cancelled to zero or below).
+        """
+        if not self.has_entry:
+            return 0.0
+        A, B = self._later_and_waiting(
+            weights * np.exp(eta - stratum_max(eta, self)[self.row_stratum]))
+        counted = self.death_sums(weights) > 0
+        A, B = A[counted], B[counted]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(A > B, (A + B) / (A - B), np.inf)
+        return float(np.finfo(float).eps * np.max(ratio, initial=1.0))
 
     def death_sums(self, values):
         """Sum of ``values`` over the tied deaths of every group, shape (..., n_groups)."""
