@@ -1,5 +1,6 @@
 """The O(n p) Cox closed forms (skvif/survival/_fast.py) against the generic autograd path."""
 
+import sys
 import warnings
 
 import numpy as np
@@ -372,6 +373,31 @@ def test_survival_target_closed_form_matches_generic(seed, eta_max, n_strata, mo
         generic = m.influence_(X_new, target="survival", times=times, strata=new_strata,
                                method=method, as_frame=False)
         np.testing.assert_allclose(value, generic, rtol=0, atol=1e-9 * np.abs(generic).max())
+
+
+@pytest.mark.parametrize("backend", ["threading", "loky"])
+def test_newton_over_joblib_workers_equals_one_worker(backend, monkeypatch):
+    # the closed-form Hessian changes stream their prefix tables along the groups: threads
+    # sharing one model each stream their own (they once raced: errors or wrong steps),
+    # processes start afresh
+    import pickle
+    from joblib import parallel_backend
+    monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 2**9)
+    monkeypatch.setattr(_engine, "_LOCAL_MIN_ROWS", 16)
+    n = 600
+    X, y, w, strata, units, rng = _adversarial(3, n, 20, 30, 5.0, 2)
+    m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+    one = m.influence_(method="newton")
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # threads switch often: their chunks interleave
+    try:
+        with parallel_backend(backend, n_jobs=2):
+            for _ in range(2):
+                workers = pickle.loads(pickle.dumps(m)).influence_(method="newton", n_jobs=2)
+                np.testing.assert_allclose(workers, one, rtol=1e-12,
+                                           atol=1e-14 * np.abs(one).max())
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def test_hessian_changes_in_blocks_equal_all_at_once(monkeypatch):

@@ -36,6 +36,8 @@ The parts in ``x_u`` (``d d^T`` expanded, and the own group's) add up to
 numbers per group or row).
 """
 
+import threading
+
 import numpy as np
 
 from ._fast import (_BLOCK, _RATIO, _TERMS, _efron_sums, _group_intervals, _pair_chunks,
@@ -96,6 +98,22 @@ def _grouped_moments(X, r, rows, starts):
     return out
 
 
+class _Stream(threading.local):
+    """Per thread: where the stream of prefix tables is, and the last own group's moments.
+
+    ``next`` the first group not streamed yet, ``running`` the prefix sums
+    ``(terms, p^2)``, ``(terms, p + 1)`` up to group ``next - 1``, ``own`` the
+    group and (5, p^2) moments :meth:`CoxHessianChanges._own_matrices` kept
+    last. Threads that share a :class:`CoxHessianChanges` (joblib's threading
+    backend) each stream their own.
+    """
+
+    def __init__(self, pp, p):
+        self.next = 0
+        self.running = (np.zeros((_TERMS, pp)), np.zeros((_TERMS, p + 1)))
+        self.own = (-1, None)
+
+
 class CoxHessianChanges:
     """``H(all) - H(without row u)`` of the Cox objective, for blocks of rows.
 
@@ -154,9 +172,18 @@ class CoxHessianChanges:
         # the coefficients of the five moments in the own group's terms before removal,
         # sum_{s in g} c_s V_s (:meth:`_own_parts`)
         self.before_coef = self._coefficients(np.ones_like(st.a)[None], [0])[:, 0]
-        self._own_cache = (-1, None)
+        self._stream = _Stream(self.pp, self.p)
         self._setup_own()
         self._setup_series()
+
+    def __getstate__(self):   # (processes start their own stream)
+        state = self.__dict__.copy()
+        del state["_stream"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._stream = _Stream(self.pp, self.p)
 
     def _moments(self, a, b):
         """``[S2, D2, S1 S1^T, S1 D1^T + D1 S1^T, D1 D1^T]`` of groups ``a:b``, (b - a, 5, p^2)."""
@@ -172,9 +199,10 @@ class CoxHessianChanges:
 
     def _own_matrices(self, g):
         """:meth:`_moments` of group ``g`` (5, p^2), for the own group's terms (the last kept)."""
-        if self._own_cache[0] != g:
-            self._own_cache = (g, self._moments(g, g + 1)[0])
-        return self._own_cache[1]
+        stream = self._stream
+        if stream.own[0] != g:
+            stream.own = (g, self._moments(g, g + 1)[0])
+        return stream.own[1]
 
     # ----------------------------------------------------------------------
     def _sigma(self, weight, k, l):
@@ -229,9 +257,6 @@ class CoxHessianChanges:
         self.stratum_start[group_start] = True
         self.gap = np.zeros(n_groups)
         self.gap[1:] = block[1:] - block[:-1]
-        # the stream: prefix sums (terms, values) up to group self._next - 1
-        self._next = 0
-        self._running = (np.zeros((_TERMS, self.pp)), np.zeros((_TERMS, self.p + 1)))
 
     def row_order(self, rows):
         """An order of ``rows`` in which their series share groups and tables stream.
@@ -266,22 +291,22 @@ class CoxHessianChanges:
         restarts it at the stratum's first group when ``groups`` lie before it;
         per-group values in blocks of about ``_STREAM_ELEMENTS`` numbers.
         """
-        done = 0
-        if groups[0] == self._next - 1:
-            mat[0], vec[0] = self._running
+        done, stream = 0, self._stream
+        if groups[0] == stream.next - 1:
+            mat[0], vec[0] = stream.running
             done = 1
-        elif groups[0] < self._next:
-            self._next = self.group_start[self.st.rs.group_stratum[groups[0]]]
+        elif groups[0] < stream.next:
+            stream.next = self.group_start[self.st.rs.group_stratum[groups[0]]]
         size = max(1, _STREAM_ELEMENTS // (_TERMS * (self.pp + self.p + 1)))
         terms = np.arange(1, _TERMS + 1)[:, None]
         while done < groups.size:
-            a = self._next
+            a = stream.next
             b = min(a + size, groups[-1] + 1)
             values = (np.matmul(self.matrix_coef[a:b], self._moments(a, b)),
                       np.concatenate([np.matmul(self.vector_coef[a:b],
                                                 self.first_moments[a:b]),
                                       self.scalar[a:b, :, None]], axis=2))
-            for value, run in zip(values, self._running):
+            for value, run in zip(values, stream.running):
                 for g in range(a, b):   # (a loop: faster than cumsum along the groups)
                     if self.stratum_start[g]:
                         run[:] = 0.0
@@ -295,7 +320,7 @@ class CoxHessianChanges:
                 at = slice(at[0], at[-1] + 1)
             mat[done:stop], vec[done:stop] = values[0][at], values[1][at]
             done = stop
-            self._next = b
+            stream.next = b
 
     # ----------------------------------------------------------------------
     def _series(self, rows):
