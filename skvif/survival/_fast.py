@@ -44,7 +44,8 @@ from scipy.special import digamma, polygamma
 
 from .._blas import single_blas_thread, single_threaded_blas
 from .._engine import unit_rows
-from ._objective import cumsum_by_segment, segment_cumsum, stratum_max, survival_probabilities
+from ._objective import (_shifted_eta, cumsum_by_segment, segment_cumsum, stratum_max,
+                         survival_probabilities)
 
 __all__ = ["CoxDerivatives", "CoxCurvature", "gradient_changes", "hessian_changes",
            "weight_derivatives", "gradient_and_hessian", "negative_log_partial_likelihood"]
@@ -227,7 +228,7 @@ class _Statistics:
 
     def __init__(self, eta, X, rs, w, ties, design=None, moments=True):
         self.rs, self.X, self.w, self.ties = rs, X, w, ties
-        self.r = r = w * np.exp(eta - stratum_max(eta, rs)[rs.row_stratum])
+        self.r = r = _shifted_eta(eta, w, rs)[2]
         if moments:
             design = _SortedDesign(X, rs) if design is None else design
             S, D = design.risk_sums(r), design.death_sums(r)

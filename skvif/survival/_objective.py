@@ -134,8 +134,7 @@ class RiskSets:
         """
         if not self.has_entry:
             return 0.0
-        A, B = self._later_and_waiting(
-            weights * np.exp(eta - stratum_max(eta, self)[self.row_stratum]))
+        A, B = self._later_and_waiting(_shifted_eta(eta, weights, self)[2])
         counted = self.death_sums(weights) > 0
         A, B = A[counted], B[counted]
         with np.errstate(divide="ignore", invalid="ignore"):
