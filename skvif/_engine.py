@@ -922,8 +922,7 @@ class InfluenceResults:
         Returns
         -------
         ndarray of shape (n_units, n_params)
-            The cached array itself: not to be modified (:meth:`changes`
-            returns a copy); ``out`` when given.
+            The cached array itself, read-only; ``out`` when given.
         """
         check_choice(method, "method", METHODS)
         if out is not None:
@@ -937,6 +936,7 @@ class InfluenceResults:
         delta = _finite_or_warn(self._streamed_changes(
             method, np.empty((self.n_units, self.n_params)) if out is None else out), method)
         if out is None:
+            delta.flags.writeable = False   # (handed out as it is: see :meth:`changes`)
             self._parameter_changes[method] = delta
         return delta
 
@@ -1042,6 +1042,9 @@ class InfluenceResults:
         Returns
         -------
         ndarray of shape (n_units, m), or (n_units, n_params) for ``target=None``
+            For the parameters of every unit a read-only view of the cached
+            array (no copy of ``n_units x n_params`` numbers; ``np.array(result)``
+            for one to modify); otherwise a new array.
         """
         check_choice(method, "method", METHODS)
         if out is not None:
@@ -1053,8 +1056,8 @@ class InfluenceResults:
         if target is None:
             if method == "loo" and positions is not None:
                 return _finite_or_warn(self._refit(positions) - self.params, method)
-            delta = self.parameter_changes(method)  # (a copy: the cache stays intact)
-            return delta.copy() if positions is None else delta[np.asarray(positions)]
+            delta = self.parameter_changes(method)  # (read-only: the cache stays intact)
+            return delta.view() if positions is None else delta[np.asarray(positions)]
         quantity = target if target_uses_weights else partial(_unweighted, target)
         ones = np.ones(self.n_samples)
         if method == "loo":
@@ -1218,7 +1221,18 @@ def influence(loss, params, n_samples, units, *, target=None, target_uses_weight
         paths); :func:`vif` checks this itself, on every path.
     """
     results = InfluenceResults(loss, params, n_samples, units, **options)
-    return results.changes(target, method, target_uses_weights=target_uses_weights)
+    return results.changes(target, method, target_uses_weights=target_uses_weights,
+                           out=one_answer_out(results, target))
+
+
+def one_answer_out(results, target):
+    """A new array for the parameter changes of every unit (``target`` None), else None.
+
+    For a results object made for one answer: given as ``out``, the changes
+    are written into it, returned writable, and nothing is cached (a kept
+    results object hands out a read-only view of its cache instead).
+    """
+    return np.empty((results.n_units, results.n_params)) if target is None else None
 
 
 def _parameters(th, w):
@@ -1760,13 +1774,14 @@ def vif(loss, params, n_samples, *, target=None, method="vif", units=None, solve
     from ._robustness import check_refine, parameter_scale, refine_rows
 
     refine = check_refine(refine, results.n_units)
-    result = results.changes(target, method, out=out)
+    result = results.changes(target, method,
+                             out=one_answer_out(results, target) if out is None else out)
     is_exact = np.full(results.n_units, method == "loo")
     if refine and method != "loo":
         scale = parameter_scale(results) if target is None else None
         result, is_exact = refine_rows(
             result, refine, lambda top: results.changes(target, "loo", positions=top), scale,
-            in_place=out is not None)
+            in_place=target is None)
     return (result, is_exact) if return_exact else result
 
 

@@ -16,7 +16,8 @@ from sklearn.utils.validation import _check_sample_weight, _num_samples, check_i
 from .._base import (FittedInputMixin, FittedLinearMixin, check_identifiable,
                      check_influence_options, collinear_columns, collinearity_message,
                      feature_names, feature_position, row_labels, validate_X)
-from .._engine import InfluenceResults, check_choice, check_units, minimize
+from .._engine import (InfluenceResults, check_choice, check_units, minimize,
+                       one_answer_out)
 from .._robustness import (_Problem, check_refine, check_robustness_options, parameter_scale,
                            refine_rows, search_all, with_exactness)
 from ._objective import (LOSSES, LocalChanges, Lists, objective, query_weighted_objective,
@@ -400,7 +401,7 @@ class ListwiseRankerInfluence(FittedInputMixin, FittedLinearMixin, BaseEstimator
                                    solver=solver, damping=damping, n_jobs=n_jobs, batched=True,
                                    tol=min(self.tol, 1e-10), max_iter=self.max_iter,
                                    verbose=verbose, strongly_convex=self._alpha > 0, **spec)
-        result = results.changes(target_fn, method)
+        result = results.changes(target_fn, method, out=one_answer_out(results, target_fn))
         is_exact = np.full(len(units), method == "loo")
         if refine and method != "loo":
             scale = None if target != "coef" else parameter_scale(results)

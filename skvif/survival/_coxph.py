@@ -624,7 +624,11 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
         -------
         influence : ndarray or pandas object
             ``influence[u]`` estimates ``quantity(fit without u) -
-            quantity(fit on all rows)``.
+            quantity(fit on all rows)``. For ``target="coef"`` (raw, no
+            ``refine``, no ``out``) the array is a read-only view of what
+            :meth:`get_influence` keeps, so that no copy of ``n_units x
+            n_features`` numbers is made: ``np.array(influence)`` gives one to
+            edit (a frame, ``as_frame=True``, is a copy of its own).
         is_exact : ndarray or pandas.Series of bool
             Only with ``return_exact``.
         """
@@ -685,8 +689,10 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
             result = result[:, 0]
             out = pd.Series(result, index=index.copy(), name="loss") if as_frame else result
         elif as_frame:
-            # (copies: renaming a result's index renames nothing else)
-            out = pd.DataFrame(result, index=index.copy(), columns=columns.copy())
+            # (copies: renaming a result's index renames nothing else, and a frame
+            # of the results' read-only cache could not be edited)
+            out = pd.DataFrame(result, index=index.copy(), columns=columns.copy(),
+                               copy=not result.flags.writeable)
         elif target == "survival":
             out = result.reshape(n_units, X_new.shape[0], len(times))
         else:
