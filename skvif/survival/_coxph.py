@@ -833,10 +833,10 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
         return self._derivatives(None).hessian()
 
     def _derivatives(self, groups, survival=None):
-        """The closed forms at ``coef_`` (row changes for single rows without entry)."""
+        """The closed forms at ``coef_`` (row changes for single rows; with delayed entry
+        the gradient changes only)."""
         return CoxDerivatives(self.coef_, self._X, self._risk_sets, self._case_weights,
-                              self._ties, self._alpha,
-                              row_changes=groups is None and self._entry is None,
+                              self._ties, self._alpha, row_changes=groups is None,
                               survival=survival)
 
     # -------------------------------------------------------------- summary

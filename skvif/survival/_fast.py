@@ -392,6 +392,8 @@ def _dominant_rows(st):
     set adds except its dominant row, and the previous dominant row when that
     changes.
     """
+    if st.rs.has_entry:
+        return _dominant_rows_with_entry(st)
     rs, design = st.rs, st.design
     order = rs.time_order
     r_sorted = st.r[order]
@@ -426,6 +428,74 @@ def _dominant_rows(st):
     dominant = np.empty(end.size, dtype=np.intp)
     dominant[by_size] = order[top_g]
     return dominant, rest[:, 0], rest[:, 1:]
+
+
+def _dominant_rows_with_entry(st):
+    """:func:`_dominant_rows` with delayed entry, where a row holds more than half of a risk set.
+
+    Elsewhere ``S0 - r_u`` keeps its digits (``r_u <= S0 / 2``), and
+    ``dominant`` is -1. Such a row is the largest of its risk set; rows that
+    can be one (the smallest ``S0`` over their groups, a sparse-table range
+    minimum, below ``2 r_u``) are checked group by group, and each risk set
+    they dominate is summed again without them, member by member (from the
+    shorter of its two slices: rows at risk by time, or entered by then).
+    """
+    rs, r = st.rs, st.r
+    n_groups, p = st.S0.size, st.X.shape[1]
+    dominant = np.full(n_groups, -1, dtype=np.intp)
+    rest0, rest1 = np.zeros(n_groups, dtype=r.dtype), np.zeros((n_groups, p), dtype=r.dtype)
+    g_lo, g_hi = _group_intervals(rs)
+    S0 = st.S0.real
+    rows = np.flatnonzero((g_hi > g_lo) & (r.real > 0))
+    rows = rows[_range_min(S0, g_lo[rows], g_hi[rows]) < 2.0 * r.real[rows]]
+    counts = g_hi[rows] - g_lo[rows]
+    hits = []
+    for a, b in _pair_chunks(counts):   # (row, group) pairs of those rows, in chunks
+        k = counts[a:b]
+        u = np.repeat(rows[a:b], k)
+        g = np.repeat(g_lo[rows[a:b]] - np.cumsum(k) + k, k) + np.arange(k.sum())
+        hit = r.real[u] > 0.5 * S0[g]
+        hits.append((u[hit], g[hit]))
+    u = np.concatenate([h[0] for h in hits] + [np.zeros(0, dtype=np.intp)])
+    g = np.concatenate([h[1] for h in hits] + [np.zeros(0, dtype=np.intp)])
+    first = np.lexsort((-r.real[u], g))       # (rounding: keep the largest once per group)
+    u, g = u[first], g[first]
+    once = np.ones(g.size, dtype=bool)
+    once[1:] = g[1:] != g[:-1]
+    u, g = u[once], g[once]
+    dominant[g] = u
+    # the members of each dominated risk set: rows at risk by time (t >= t_g), or entered
+    # before t_g, whichever slice is shorter; then both conditions
+    stop = np.searchsorted(rs.row_stratum[rs.entry_order], rs.group_stratum[g], side="right")
+    by_time = rs.time_hi[g] - rs.time_lo[g] <= stop - rs.entry_hi[g]
+    lo = np.where(by_time, rs.time_lo[g], rs.entry_hi[g])
+    size = np.where(by_time, rs.time_hi[g] - rs.time_lo[g], stop - rs.entry_hi[g])
+    for a, b in _pair_chunks(size):
+        k = size[a:b]
+        at = np.repeat(lo[a:b] - np.cumsum(k) + k, k) + np.arange(k.sum())
+        member = np.where(np.repeat(by_time[a:b], k), rs.time_order[at], rs.entry_order[at])
+        group = np.repeat(g[a:b], k)
+        t_g = rs.group_time[group]
+        keep = ((rs.time[member] >= t_g) & (rs.entry[member] < t_g)
+                & (member != np.repeat(u[a:b], k)))
+        member, group = member[keep], group[keep]
+        np.add.at(rest0, group, r[member])
+        np.add.at(rest1, group, r[member, None] * st.X.take(member, axis=0))
+    return dominant, rest0, rest1
+
+
+def _range_min(values, lo, hi):
+    """``min(values[lo_i:hi_i])`` for each non-empty interval (sparse table, ``O(G log G)``)."""
+    table = [values]
+    while 2 ** len(table) <= values.size:
+        last, half = table[-1], 2 ** (len(table) - 1)
+        table.append(np.minimum(last[:-half], last[half:]))
+    level = np.floor(np.log2(hi - lo)).astype(np.intp)
+    out = np.empty(lo.size)
+    for j in np.unique(level):
+        here = np.flatnonzero(level == j)
+        out[here] = np.minimum(table[j][lo[here]], table[j][hi[here] - 2 ** j])
+    return out
 
 
 def _dominant_deaths(st):
@@ -745,6 +815,9 @@ class _GradientChanges:
         # it dies there: that group is the own group's)
         g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
         self.hi = st.bounds[g_hi]
+        if rs.has_entry:   # every slot exactly (a series would sum over [g_lo, cut) as a
+            self.cut, self.series = g_lo, None   # difference of prefix sums, which cancels)
+            return
         self.cut, group_envelope = _series_cut(st, np.arange(rs.n_samples), g_lo, g_hi)
         # values_s = [c_s, c_s m_s] = c_s [1, 0] + c_s / a_s [0, S1_g] - c_s f_s / a_s [0, D1_g]
         inv = st.c / st.a
@@ -767,10 +840,12 @@ class _GradientChanges:
             change = self.own_group(chunk)
             at_risk = np.flatnonzero(st.r.real[chunk] > 0)
             u = chunk[at_risk]
-            sums = self.series(u, self.cut[u])
-            change[at_risk] += X.take(u, axis=0) * sums[:, :1] - sums[:, 1:] + _exact_sums(
-                st, u, st.bounds[self.cut[u]], self.hi[u], self.dominant, self._term,
-                X.shape[1])
+            exact = _exact_sums(st, u, st.bounds[self.cut[u]], self.hi[u], self.dominant,
+                                self._term, X.shape[1])
+            if self.series is not None:
+                sums = self.series(u, self.cut[u])
+                exact = X.take(u, axis=0) * sums[:, :1] - sums[:, 1:] + exact
+            change[at_risk] += exact
             out[start:start + chunk.size] = change
         return out
 
@@ -788,8 +863,6 @@ def gradient_changes(params, X, rs, case_weights, ties, design=None):
 
 def gradient_change_rows(params, X, rs, case_weights, ties, design=None):
     """``rows -> gradient_changes(...)[rows]``, the shared work done once (see above)."""
-    if rs.has_entry:
-        raise ValueError("the O(n p) Cox path does not handle delayed entry")
     return _GradientChanges(_Statistics(X @ params, X, rs, case_weights, ties, design))
 
 
@@ -916,8 +989,8 @@ class CoxDerivatives(CoxCurvature):
     At the fitted ``params``: ``hessian`` and ``gradient_and_hessian`` (any
     data); ``weight_derivatives`` (any units: the engine sums a unit's rows);
     with ``row_changes``, ``gradient_changes`` and ``hessian_changes``, which
-    remove one row at a time and need right-censored data (no delayed entry).
-    The gradient changes of all rows are computed once, on first use; the
+    remove one row at a time (with delayed entry the gradient changes only,
+    summed over each row's (row, slot) pairs exactly). The gradient changes of all rows are computed once, on first use; the
     Hessian changes (closed form, :mod:`._fast_hessian`) per chunk of rows
     from per-group tables built once (``(k, p, p)``, never ``(n, p, p)`` at
     once).
@@ -931,7 +1004,9 @@ class CoxDerivatives(CoxCurvature):
         self._survival = survival
         if not row_changes:
             self.gradient_changes = self.hessian_changes = None
-        if not row_changes or survival is None:
+        elif rs.has_entry:   # (the closed-form Hessian and hazard changes need slots that
+            self.hessian_changes = None   # start at the stratum's first event time)
+        if not row_changes or survival is None or rs.has_entry:
             self.target_changes = None
 
     def target_changes(self, units):
