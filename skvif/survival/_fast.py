@@ -990,10 +990,10 @@ class CoxDerivatives(CoxCurvature):
     data); ``weight_derivatives`` (any units: the engine sums a unit's rows);
     with ``row_changes``, ``gradient_changes`` and ``hessian_changes``, which
     remove one row at a time (with delayed entry the gradient changes only,
-    summed over each row's (row, slot) pairs exactly). The gradient changes of all rows are computed once, on first use; the
-    Hessian changes (closed form, :mod:`._fast_hessian`) per chunk of rows
-    from per-group tables built once (``(k, p, p)``, never ``(n, p, p)`` at
-    once).
+    summed over each row's (row, slot) pairs exactly). The gradient changes
+    of all rows are computed once, on first use; the Hessian changes (closed
+    form, :mod:`._fast_hessian`) per chunk of rows from per-group tables
+    built once (``(k, p, p)``, never ``(n, p, p)`` at once).
     """
 
     def __init__(self, params, X, rs, case_weights, ties, alpha=0.0, row_changes=True,
