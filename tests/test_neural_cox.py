@@ -133,6 +133,21 @@ def test_delayed_entry_path_equals_right_censored_fast_path(fitted):
     np.testing.assert_allclose(slow, reference, rtol=1e-4, atol=1e-6 * np.abs(reference).max())
 
 
+def test_vif_with_delayed_entry_matches_generic_engine(fitted):
+    # the closed-form gradient changes of the linear Cox model in eta, with entry
+    model, X_test, y_test, test_strata, test_rs = fitted
+    rs = model._risk_sets
+    entry = np.random.default_rng(3).uniform(0, 0.6, 300) * rs.time
+    with_entry = clone(model).fit(model._X, np.c_[rs.time, rs.event],
+                                  sample_weight=model._case_weights, strata=rs.row_stratum,
+                                  entry=entry)
+    fast = with_entry.influence_(X_test, y_test, strata=test_strata, rtol=1e-13)
+    target = lambda th: _test_loss(th, risk_function=with_entry.risk_function, X=X_test,
+                                   risk_sets=test_rs, ties=with_entry.ties)
+    reference = generic(with_entry, target)[:, 0]
+    np.testing.assert_allclose(fast, reference, rtol=1e-7, atol=1e-9 * np.abs(reference).max())
+
+
 def test_linear_risk_function_is_coxph():
     # with risk_function = X @ theta the model is CoxPHInfluence, influence included
     X, y, _ = survival_data(2, 250)

@@ -214,8 +214,9 @@ class NeuralCoxPHInfluence(SurvivalModelMixin, FittedInputMixin, BaseEstimator):
     gradient change of a *linear* Cox model with the covariate :math:`z` at
     linear predictor :math:`\eta`, which
     :mod:`skvif.survival._fast` gives for all rows in :math:`O(n)`. All rows
-    thus cost one solve per target value. With delayed entry, or ``groups``,
-    the generic engine evaluates the leave-out gradients instead
+    thus cost one solve per target value (with delayed entry summed over each
+    row's (row, event) pairs, exactly). With ``groups``, and ``"if"`` with
+    delayed entry, the generic engine evaluates the leave-out gradients instead
     (:math:`O(n)` gradients).
 
     **Accuracy.** The objective is not convex: the influence describes the
@@ -452,7 +453,7 @@ class NeuralCoxPHInfluence(SurvivalModelMixin, FittedInputMixin, BaseEstimator):
                                risk_sets=RiskSets(time, event, None, codes), ties=self._ties)
         else:
             quantity = partial(_test_predict, risk_function=self.risk_function, X=X_new)
-        if method in ("vif", "if") and groups is None and self._entry is None:
+        if (method == "vif" or (method == "if" and self._entry is None)) and groups is None:
             result = self._target_first(quantity, method, solver, damping, rtol,
                                         maxiter)[unit_rows(units)]
         elif method == "loo":
