@@ -453,7 +453,7 @@ def _dominant_rows_with_entry(st):
     for a, b in _pair_chunks(counts):   # (row, group) pairs of those rows, in chunks
         k = counts[a:b]
         u = np.repeat(rows[a:b], k)
-        g = np.repeat(g_lo[rows[a:b]] - np.cumsum(k) + k, k) + np.arange(k.sum())
+        g = _ranges(g_lo[rows[a:b]], k)
         hit = r.real[u] > 0.5 * S0[g]
         hits.append((u[hit], g[hit]))
     u = np.concatenate([h[0] for h in hits] + [np.zeros(0, dtype=np.intp)])
@@ -466,13 +466,13 @@ def _dominant_rows_with_entry(st):
     dominant[g] = u
     # the members of each dominated risk set: rows at risk by time (t >= t_g), or entered
     # before t_g, whichever slice is shorter; then both conditions
-    stop = np.searchsorted(rs.row_stratum[rs.entry_order], rs.group_stratum[g], side="right")
+    stop = np.append(rs._entry_starts, rs.n_samples)[rs.group_stratum[g] + 1]
     by_time = rs.time_hi[g] - rs.time_lo[g] <= stop - rs.entry_hi[g]
     lo = np.where(by_time, rs.time_lo[g], rs.entry_hi[g])
     size = np.where(by_time, rs.time_hi[g] - rs.time_lo[g], stop - rs.entry_hi[g])
     for a, b in _pair_chunks(size):
         k = size[a:b]
-        at = np.repeat(lo[a:b] - np.cumsum(k) + k, k) + np.arange(k.sum())
+        at = _ranges(lo[a:b], k)
         member = np.where(np.repeat(by_time[a:b], k), rs.time_order[at], rs.entry_order[at])
         group = np.repeat(g[a:b], k)
         t_g = rs.group_time[group]
@@ -759,7 +759,7 @@ def _exact_sums(st, rows, lo, hi, dominant, term, q):
     for first, stop in _pair_chunks(counts):
         k = counts[first:stop]
         u = np.repeat(rows[first:stop], k)
-        s = np.repeat(lo[first:stop], k) + np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)
+        s = _ranges(lo[first:stop], k)
         g, f = st.slot_group[s], st.frac[s]
         s0, s1 = _without_row(st, u, g, *dominant)
         a_without = np.where(st.c[s] != 0, s0 - f * st.D0[g], 1.0)  # (c = 0: no term)
@@ -768,6 +768,11 @@ def _exact_sums(st, rows, lo, hi, dominant, term, q):
         result[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
                                                     axis=0)
     return result
+
+
+def _ranges(starts, counts):
+    """``starts[i] + arange(counts[i])`` for each ``i``, concatenated."""
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
 
 
 def _pair_chunks(counts):

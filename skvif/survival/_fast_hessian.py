@@ -41,7 +41,7 @@ import threading
 import numpy as np
 
 from ._fast import (_BLOCK, _RATIO, _TERMS, _efron_sums, _group_intervals, _pair_chunks,
-                    _series_cut, _SortedDesign, _Statistics, cumulative_at,
+                    _ranges, _series_cut, _SortedDesign, _Statistics, cumulative_at,
                     gradient_and_hessian, hessian_changes)
 
 __all__ = ["CoxHessianChanges", "closed_form_hessian_changes", "group_moments_fit"]
@@ -440,8 +440,7 @@ class CoxHessianChanges:
         for first, stop in _pair_chunks(counts):
             k = counts[first:stop]
             u = np.repeat(rows[first:stop], k)
-            s = (np.repeat(lo[first:stop], k) + np.arange(k.sum())
-                 - np.repeat(np.cumsum(k) - k, k))
+            s = _ranges(lo[first:stop], k)
             g, f, a, c = st.slot_group[s], st.frac[s], st.a[s], st.c[s]
             ru = st.r[u]
             # (pairs with t > _DOMINANT belong to the directly recomputed rows)
