@@ -39,9 +39,26 @@ def _blas_controller():
     return controller if blas.lib_controllers else ThreadpoolController()
 
 
+def _controller():
+    if not _THREADPOOLS:
+        _THREADPOOLS.append(_blas_controller())
+    return _THREADPOOLS[0]
+
+
+def blas_threads():
+    """The number of threads BLAS would use now (1 without a BLAS threadpoolctl finds).
+
+    What ``threadpoolctl.threadpool_limits`` (or ``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS``) leaves it: the budget of code that runs its own
+    threads, each with one BLAS thread, instead.
+    """
+    blas = _controller().select(user_api="blas")
+    return max([1] + [lib.num_threads for lib in blas.lib_controllers])
+
+
 @contextlib.contextmanager
-def single_blas_thread(length):
-    """Context: BLAS on one thread for arrays of ``length`` rows (from ``_SINGLE_THREAD_MIN_ROWS``).
+def single_blas_thread(length=None):
+    """Context: one BLAS thread for ``length`` rows from ``_SINGLE_THREAD_MIN_ROWS`` (None: any).
 
     Tall and thin products (``n x p`` by ``n``-vectors or ``n x p``) are
     memory-bound: one thread runs them about as fast as two on an idle
@@ -50,12 +67,10 @@ def single_blas_thread(length):
     ``p = 20``). Below ``_SINGLE_THREAD_MIN_ROWS`` that costs less than
     finding the BLAS libraries does.
     """
-    if length < _SINGLE_THREAD_MIN_ROWS:
+    if length is not None and length < _SINGLE_THREAD_MIN_ROWS:
         yield
         return
-    if not _THREADPOOLS:
-        _THREADPOOLS.append(_blas_controller())
-    with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
+    with _controller().limit(limits=1, user_api="blas"):
         yield
 
 

@@ -13,7 +13,10 @@ losses. The engine then evaluates the gradients (and Hessians, and refits) of
 loop; every built-in objective of skvif is written this way.
 """
 
+import contextlib
 import numbers
+import queue
+import threading
 import warnings
 from functools import partial
 
@@ -27,7 +30,7 @@ from scipy.optimize import minimize as scipy_minimize
 from scipy.sparse.linalg import LinearOperator, cg, eigsh, minres
 from sklearn.exceptions import ConvergenceWarning
 
-from ._blas import single_threaded_blas
+from ._blas import blas_threads, single_blas_thread, single_threaded_blas
 from ._progress import progress_bar
 
 __all__ = ["vif", "get_influence", "InfluenceResults", "ModelDerivatives", "METHODS", "SOLVERS"]
@@ -89,6 +92,12 @@ class ModelDerivatives:
         A permutation of the units in which ``gradient_changes`` and
         ``hessian_changes`` are best asked for (units that share the model's
         work in the same chunks); the results keep the units' order.
+    ``thread_safe`` (attribute)
+        True when ``gradient_changes`` and ``hessian_changes`` may be called
+        from several threads at once: ``method="newton"`` then runs its
+        chunks on as many threads as BLAS would use (:func:`threadpoolctl.threadpool_limits`
+        caps both), each with one BLAS thread, a contiguous run of chunks in
+        ``unit_order`` per thread.
     ``weight_derivatives() -> (p, n)``
         The derivatives of ``grad loss_if(params; w)`` in each weight at
         ``w = 1``: ``method="if"``.
@@ -175,15 +184,20 @@ def _chunks(units, n_samples, batched, size=None):
 
 
 def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=None,
-                write=None):
+                write=None, threads=1):
     """Apply ``func(chunk_units)`` to chunks of units and stack the results.
 
     ``verbose`` drives a progress bar over the units (see :mod:`skvif._progress`).
     ``write(start, result)``, when given, receives each chunk's result (the
     units from position ``start`` on) as it comes instead, and nothing is kept.
+    ``threads`` > 1 (and no ``n_jobs`` workers): ``func`` on that many
+    threads (:func:`_threaded`).
     """
     chunks = _chunks(units, n_samples, batched, size)
-    if n_jobs is not None and n_jobs != 1 and len(chunks) > 1:
+    parallel = n_jobs is not None and n_jobs != 1 and len(chunks) > 1
+    if threads > 1 and len(chunks) > 1 and not parallel:
+        done = _threaded(func, chunks, threads)
+    elif parallel:
         tasks = [delayed(func)(chunk) for _, chunk in chunks]
         try:  # results as they come, for the progress bar
             computed = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
@@ -191,17 +205,53 @@ def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=No
             if "return_as" not in str(exc):
                 raise
             computed = Parallel(n_jobs=n_jobs)(tasks)
+        done = zip(chunks, computed)
     else:
-        computed = (func(chunk) for _, chunk in chunks)
-    results = []
+        done = ((chunk, func(chunk[1])) for chunk in chunks)
+    results = {}
     with progress_bar(len(units), label, verbose) as bar:
-        for (start, chunk), result in zip(chunks, computed):
+        for (start, chunk), result in done:
             if write is None:
-                results.append(result)
+                results[start] = result
             else:
                 write(start, result)
             bar.update(len(chunk))
-    return None if write is not None else np.concatenate(results, axis=0)
+    return None if write is not None else np.concatenate(
+        [results[start] for start in sorted(results)], axis=0)
+
+
+def _threaded(func, chunks, threads):
+    """``((start, chunk), func(chunk))`` of ``chunks`` on ``threads`` threads, as they come.
+
+    Each thread takes a contiguous run of the chunks, in order, so that a model
+    that streams work shared along the units (:meth:`ModelDerivatives.unit_order`)
+    streams each run once. Stops the threads at the first error and raises it.
+    """
+    runs = np.array_split(np.arange(len(chunks)), min(threads, len(chunks)))
+    finished, stop = queue.SimpleQueue(), threading.Event()
+
+    def work(run):
+        try:
+            for i in run:
+                if stop.is_set():
+                    return
+                finished.put((chunks[i], func(chunks[i][1])))
+        except BaseException as exc:   # (raised in the calling thread)
+            finished.put(exc)
+
+    pool = [threading.Thread(target=work, args=(run,), daemon=True) for run in runs]
+    for thread in pool:
+        thread.start()
+    try:
+        for _ in range(len(chunks)):
+            item = finished.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        for thread in pool:
+            thread.join()
 
 
 # --------------------------------------------------------------------------
@@ -792,10 +842,10 @@ class InfluenceResults:
         """Number of parameters."""
         return self.params.size
 
-    def _map(self, func, label, units=None, size=None, write=None):
+    def _map(self, func, label, units=None, size=None, write=None, threads=1):
         units = self.units if units is None else units
         return _map_chunks(func, units, self.n_samples, self.batched, self.n_jobs,
-                           self.verbose, label, size=size, write=write)
+                           self.verbose, label, size=size, write=write, threads=threads)
 
     @property
     def _lossb(self):
@@ -978,8 +1028,12 @@ class InfluenceResults:
         def write(start, result):
             at = order[start:start + len(result)]
             out[at], singular[at] = result[:, :-1], result[:, -1] > 0
-        self._map(step, "newton steps", units=_take(self.units, order),
-                  size=self._local_size if local else None, write=write)
+        # the closed forms' blocks on BLAS's threads, each with one BLAS thread
+        threads = blas_threads() if local and getattr(self.derivatives, "thread_safe",
+                                                      False) else 1
+        with single_blas_thread() if threads > 1 else contextlib.nullcontext():
+            self._map(step, "newton steps", units=_take(self.units, order),
+                      size=self._local_size if local else None, write=write, threads=threads)
         _warn_singular_newton(singular)
         return out
 

@@ -31,3 +31,12 @@ def test_single_blas_thread_limits_and_restores(monkeypatch):
     with _blas.single_blas_thread(_blas._SINGLE_THREAD_MIN_ROWS - 1):
         pass
     assert _blas._THREADPOOLS == []
+
+
+def test_blas_threads_follows_threadpool_limits():
+    from threadpoolctl import threadpool_limits
+    assert _blas.blas_threads() == max([1] + list(_blas_threads().values()))
+    with threadpool_limits(1):
+        assert _blas.blas_threads() == 1
+    with _blas.single_blas_thread():   # (None: whatever the size)
+        assert set(_blas_threads().values()) <= {1}

@@ -455,6 +455,58 @@ def test_newton_over_joblib_workers_equals_one_worker(backend, monkeypatch):
         sys.setswitchinterval(interval)
 
 
+def test_newton_on_blas_threads_equals_one_thread(monkeypatch):
+    # method="newton" runs the closed forms' chunks on as many threads as BLAS would use
+    # (here made 3), each a contiguous run of chunks streaming its own tables: the steps
+    # of one thread (threadpoolctl's limit of one), chunk for chunk
+    from threadpoolctl import threadpool_limits
+    from skvif import _blas
+    monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 2**9)
+    monkeypatch.setattr(_engine, "_LOCAL_MIN_ROWS", 16)
+    X, y, w, strata, units, rng = _adversarial(3, 600, 20, 30, 5.0, 2)
+    used, threaded = [], _engine._threaded
+
+    def recorded(func, chunks, threads):
+        used.append((len(chunks), threads))
+        return threaded(func, chunks, threads)
+    monkeypatch.setattr(_engine, "_threaded", recorded)
+    with threadpool_limits(1):
+        assert _blas.blas_threads() == 1
+        one = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata).influence_(
+            method="newton", as_frame=False)
+    assert used == []
+    monkeypatch.setattr(_engine, "blas_threads", lambda: 3)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # threads switch often
+    try:
+        m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+        many = m.influence_(method="newton", as_frame=False)
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(used) == 1 and used[0][0] >= 6 and used[0][1] == 3
+    np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-14 * np.abs(one).max())
+
+
+def test_threaded_chunks_raise_the_first_error_and_stop_the_other_threads():
+    # two threads of 20 chunks each; the first fails on its fifth, the second's chunks
+    # take 10 ms: it stops after the one it is on
+    import time
+    calls = []
+
+    def func(chunk):
+        calls.append(int(chunk[0]))
+        if chunk[0] == 4:
+            raise ValueError("chunk 4")
+        if chunk[0] >= 20:
+            time.sleep(0.01)
+        return chunk
+    chunks = [(i, np.array([i])) for i in range(40)]
+    with pytest.raises(ValueError, match="chunk 4"):
+        list(_engine._threaded(func, chunks, 2))
+    assert sorted(c for c in calls if c < 20) == [0, 1, 2, 3, 4]
+    assert 1 <= sum(c >= 20 for c in calls) < 10
+
+
 def test_hessian_changes_in_blocks_equal_all_at_once(monkeypatch):
     # the (k, p, p) chunks of method="newton" (bounded memory) give the same steps, with
     # the series tables streamed one group at a time

@@ -36,6 +36,7 @@ times a row's slots do not start at its stratum's first event time.
 """
 
 import functools
+import threading
 import weakref
 
 import numpy as np
@@ -157,6 +158,7 @@ class _SortedDesign:
         return out
 
 
+_BUILD_LOCK = threading.RLock()   # CoxDerivatives' shared work: built once for all threads
 _DESIGNS = weakref.WeakKeyDictionary()  # RiskSets -> its _SortedDesign
 
 
@@ -1035,11 +1037,19 @@ class CoxDerivatives(CoxCurvature):
         return gradient_and_hessian(self._at[0], X, rs, case_weights, ties, alpha,
                                     self._design)[1]
 
+    @property
+    def thread_safe(self):
+        # (the complex step's block of Hessian changes is shared, the closed form's
+        # tables stream per thread)
+        return self._closed_form_hessian_changes() is not None
+
     def gradient_changes(self, units):
         # the shared per-group work once; each chunk of rows then O(k p)
         with single_blas_thread(self._at[1].shape[0]):
-            if "gradient" not in self._cache:
-                self._cache["gradient"] = gradient_change_rows(*self._at, design=self._design)
+            with _BUILD_LOCK:   # (once for all threads)
+                if "gradient" not in self._cache:
+                    self._cache["gradient"] = gradient_change_rows(*self._at,
+                                                                   design=self._design)
             return self._cache["gradient"](unit_rows(units))
 
     def unit_order(self, units):
@@ -1055,10 +1065,11 @@ class CoxDerivatives(CoxCurvature):
         per-group second moments would not fit."""
         from ._fast_hessian import CoxHessianChanges, group_moments_fit
         params, X, rs = self._at[:3]
-        if not group_moments_fit(rs.group_time.size, params.size):
+        if self.hessian_changes is None or not group_moments_fit(rs.group_time.size,
+                                                                 params.size):
             return None
-        if "hessian_changes" not in self._cache:
-            with single_blas_thread(X.shape[0]):
+        with _BUILD_LOCK, single_blas_thread(X.shape[0]):
+            if "hessian_changes" not in self._cache:
                 self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
                                                                    design=self._design)
         return self._cache["hessian_changes"]
