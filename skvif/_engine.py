@@ -94,10 +94,11 @@ class ModelDerivatives:
         work in the same chunks); the results keep the units' order.
     ``thread_safe`` (attribute)
         True when ``gradient_changes`` and ``hessian_changes`` may be called
-        from several threads at once: ``method="newton"`` then runs its
-        chunks on as many threads as BLAS would use (:func:`threadpoolctl.threadpool_limits`
-        caps both), each with one BLAS thread, a contiguous run of chunks in
-        ``unit_order`` per thread.
+        from several threads at once: without ``n_jobs`` workers,
+        ``method="vif"`` and ``"newton"`` then run their chunks (with the
+        solves) on as many threads as BLAS would use
+        (:func:`threadpoolctl.threadpool_limits` caps both), each with one
+        BLAS thread and a contiguous run of chunks in ``unit_order``.
     ``weight_derivatives() -> (p, n)``
         The derivatives of ``grad loss_if(params; w)`` in each weight at
         ``w = 1``: ``method="if"``.
@@ -847,6 +848,13 @@ class InfluenceResults:
         return _map_chunks(func, units, self.n_samples, self.batched, self.n_jobs,
                            self.verbose, label, size=size, write=write, threads=threads)
 
+    def _closed_form_threads(self):
+        """Threads for chunks of the model's closed forms: BLAS's where they are
+        ``thread_safe`` (each then with one BLAS thread) and no joblib workers, else 1."""
+        if self.n_jobs not in (None, 1) or not getattr(self.derivatives, "thread_safe", False):
+            return 1
+        return blas_threads()
+
     @property
     def _lossb(self):
         return _as_batched(self.loss, self.batched)
@@ -931,11 +939,18 @@ class InfluenceResults:
             return out
         solver = self.hessian_solver()
         if method == "vif" and method not in self._right_hand_sides:
-            task, size = self._gradient_changes()
+            (changes, label), size = self._gradient_changes()
+            threads = self._closed_form_threads() if size is not None else 1
+
+            def solved(chunk):   # (on the threads, with the solves)
+                return self._solve_rows(_nan_rows(changes(chunk)), solver)
 
             def write(start, R):
-                out[start:start + len(R)] = self._solve_rows(_nan_rows(R), solver)
-            self._map(*task, size=size, write=write)
+                out[start:start + len(R)] = (R if threads > 1 else
+                                             self._solve_rows(_nan_rows(R), solver))
+            with single_blas_thread() if threads > 1 else contextlib.nullcontext():
+                self._map(solved if threads > 1 else changes, label, size=size, write=write,
+                          threads=threads)
             return out
         R = self.right_hand_sides(method)
         size = max(1, _CHUNK_ELEMENTS // self.n_params)
@@ -1028,9 +1043,7 @@ class InfluenceResults:
         def write(start, result):
             at = order[start:start + len(result)]
             out[at], singular[at] = result[:, :-1], result[:, -1] > 0
-        # the closed forms' blocks on BLAS's threads, each with one BLAS thread
-        threads = blas_threads() if local and getattr(self.derivatives, "thread_safe",
-                                                      False) else 1
+        threads = self._closed_form_threads() if local else 1
         with single_blas_thread() if threads > 1 else contextlib.nullcontext():
             self._map(step, "newton steps", units=_take(self.units, order),
                       size=self._local_size if local else None, write=write, threads=threads)

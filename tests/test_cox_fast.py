@@ -455,10 +455,11 @@ def test_newton_over_joblib_workers_equals_one_worker(backend, monkeypatch):
         sys.setswitchinterval(interval)
 
 
-def test_newton_on_blas_threads_equals_one_thread(monkeypatch):
-    # method="newton" runs the closed forms' chunks on as many threads as BLAS would use
-    # (here made 3), each a contiguous run of chunks streaming its own tables: the steps
-    # of one thread (threadpoolctl's limit of one), chunk for chunk
+@pytest.mark.parametrize("method", ["vif", "newton"])
+def test_closed_forms_on_blas_threads_equal_one_thread(method, monkeypatch):
+    # all-rows vif and newton run the closed forms' chunks on as many threads as BLAS
+    # would use (here made 3), each a contiguous run of chunks (newton's streaming its own
+    # tables): the changes of one thread (threadpoolctl's limit of one), chunk for chunk
     from threadpoolctl import threadpool_limits
     from skvif import _blas
     monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 2**9)
@@ -473,17 +474,24 @@ def test_newton_on_blas_threads_equals_one_thread(monkeypatch):
     with threadpool_limits(1):
         assert _blas.blas_threads() == 1
         one = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata).influence_(
-            method="newton", as_frame=False)
+            method=method, as_frame=False)
     assert used == []
     monkeypatch.setattr(_engine, "blas_threads", lambda: 3)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)   # threads switch often
     try:
         m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
-        many = m.influence_(method="newton", as_frame=False)
+        many = m.influence_(method=method, as_frame=False)
+        assert len(used) == 1 and used[0][0] >= 3 and used[0][1] == 3
+        # joblib workers instead: no threads of skvif's own
+        from joblib import parallel_backend
+        with parallel_backend("threading"):
+            workers = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata).influence_(
+                method=method, as_frame=False, n_jobs=2)
+        assert len(used) == 1
+        np.testing.assert_allclose(workers, one, rtol=1e-12, atol=1e-14 * np.abs(one).max())
     finally:
         sys.setswitchinterval(interval)
-    assert len(used) == 1 and used[0][0] >= 6 and used[0][1] == 3
     np.testing.assert_allclose(many, one, rtol=1e-12, atol=1e-14 * np.abs(one).max())
 
 

@@ -583,7 +583,10 @@ class CoxPHInfluence(SurvivalModelMixin, FittedElsewhereMixin, LifelinesAttribut
         solver : {"auto", "direct", "cg"}, default="auto"
         damping : float, default=0.0
         n_jobs : int, default=None
-            Number of joblib workers over chunks of units.
+            Number of joblib workers over chunks of units. Without workers,
+            the closed forms of ``"vif"`` and ``"newton"`` run their chunks
+            on as many threads as BLAS would use
+            (``threadpoolctl.threadpool_limits`` caps them).
         verbose : int, bool or None, default=None
             Progress bar on stderr over the units (refits, Newton steps):
             ``None`` shows one when stderr is a terminal and the run lasts

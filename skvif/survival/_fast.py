@@ -1041,7 +1041,12 @@ class CoxDerivatives(CoxCurvature):
     def thread_safe(self):
         # (the complex step's block of Hessian changes is shared, the closed form's
         # tables stream per thread)
-        return self._closed_form_hessian_changes() is not None
+        return self.hessian_changes is None or self._closed_form_fits()
+
+    def _closed_form_fits(self):
+        from ._fast_hessian import group_moments_fit
+        params, rs = self._at[0], self._at[2]
+        return group_moments_fit(rs.group_time.size, params.size)
 
     def gradient_changes(self, units):
         # the shared per-group work once; each chunk of rows then O(k p)
@@ -1063,12 +1068,10 @@ class CoxDerivatives(CoxCurvature):
     def _closed_form_hessian_changes(self):
         """The (cached) :class:`._fast_hessian.CoxHessianChanges`, or None where its
         per-group second moments would not fit."""
-        from ._fast_hessian import CoxHessianChanges, group_moments_fit
-        params, X, rs = self._at[:3]
-        if self.hessian_changes is None or not group_moments_fit(rs.group_time.size,
-                                                                 params.size):
+        from ._fast_hessian import CoxHessianChanges
+        if self.hessian_changes is None or not self._closed_form_fits():
             return None
-        with _BUILD_LOCK, single_blas_thread(X.shape[0]):
+        with _BUILD_LOCK, single_blas_thread(self._at[1].shape[0]):
             if "hessian_changes" not in self._cache:
                 self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
                                                                    design=self._design)
