@@ -226,19 +226,28 @@ def _threaded(func, chunks, threads):
 
     Each thread takes a contiguous run of the chunks, in order, so that a model
     that streams work shared along the units (:meth:`ModelDerivatives.unit_order`)
-    streams each run once. Stops the threads at the first error and raises it.
+    streams each run once. At most ``threads`` results wait for the caller (a
+    thread that gets ahead waits: memory stays that of ``2 threads`` chunks).
+    Stops the threads at the first error and raises it.
     """
     runs = np.array_split(np.arange(len(chunks)), min(threads, len(chunks)))
-    finished, stop = queue.SimpleQueue(), threading.Event()
+    finished, stop = queue.Queue(maxsize=threads), threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                return finished.put(item, timeout=0.05)
+            except queue.Full:
+                pass
 
     def work(run):
         try:
             for i in run:
                 if stop.is_set():
                     return
-                finished.put((chunks[i], func(chunks[i][1])))
+                put((chunks[i], func(chunks[i][1])))
         except BaseException as exc:   # (raised in the calling thread)
-            finished.put(exc)
+            put(exc)
 
     pool = [threading.Thread(target=work, args=(run,), daemon=True) for run in runs]
     for thread in pool:

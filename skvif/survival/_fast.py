@@ -250,9 +250,10 @@ class _Statistics:
     @property
     def m(self):
         """Each slot's weighted covariate mean, (p, n_slots) (formed on first use)."""
-        if self._m is None:
-            g = self.slot_group
-            self._m = ((self.S1[g] - self.frac[:, None] * self.D1[g]) / self.a[:, None]).T
+        with _BUILD_LOCK:
+            if self._m is None:
+                g = self.slot_group
+                self._m = ((self.S1[g] - self.frac[:, None] * self.D1[g]) / self.a[:, None]).T
         return self._m
 
     def per_group(self, values):
@@ -996,11 +997,12 @@ class CoxDerivatives(CoxCurvature):
     At the fitted ``params``: ``hessian`` and ``gradient_and_hessian`` (any
     data); ``weight_derivatives`` (any units: the engine sums a unit's rows);
     with ``row_changes``, ``gradient_changes`` and ``hessian_changes``, which
-    remove one row at a time (with delayed entry the gradient changes only,
-    summed over each row's (row, slot) pairs exactly). The gradient changes
-    of all rows are computed once, on first use; the Hessian changes (closed
-    form, :mod:`._fast_hessian`) per chunk of rows from per-group tables
-    built once (``(k, p, p)``, never ``(n, p, p)`` at once).
+    remove one row at a time (with delayed entry the gradient changes summed
+    over each row's (row, slot) pairs exactly, and the Hessian changes their
+    complex step). The gradient changes of all rows are computed once, on
+    first use; the Hessian changes (closed form, :mod:`._fast_hessian`) per
+    chunk of rows from per-group tables built once (``(k, p, p)``, never
+    ``(n, p, p)`` at once).
     """
 
     def __init__(self, params, X, rs, case_weights, ties, alpha=0.0, row_changes=True,
@@ -1011,8 +1013,8 @@ class CoxDerivatives(CoxCurvature):
         self._survival = survival
         if not row_changes:
             self.gradient_changes = self.hessian_changes = None
-        elif rs.has_entry:   # (the closed-form Hessian and hazard changes need slots that
-            self.hessian_changes = None   # start at the stratum's first event time)
+        # (with delayed entry the Hessian changes by the complex step: the closed-form
+        # Hessian and hazard changes need slots that start at the stratum's first time)
         if not row_changes or survival is None or rs.has_entry:
             self.target_changes = None
 
@@ -1041,12 +1043,12 @@ class CoxDerivatives(CoxCurvature):
     def thread_safe(self):
         # (the complex step's block of Hessian changes is shared, the closed form's
         # tables stream per thread)
-        return self.hessian_changes is None or self._closed_form_fits()
+        return self._closed_form_fits()
 
     def _closed_form_fits(self):
         from ._fast_hessian import group_moments_fit
         params, rs = self._at[0], self._at[2]
-        return group_moments_fit(rs.group_time.size, params.size)
+        return not rs.has_entry and group_moments_fit(rs.group_time.size, params.size)
 
     def gradient_changes(self, units):
         # the shared per-group work once; each chunk of rows then O(k p)
@@ -1079,9 +1081,9 @@ class CoxDerivatives(CoxCurvature):
 
     def hessian_changes(self, units):
         # closed form (._fast_hessian): the shared per-group work done once, on first
-        # use; each chunk of rows then costs O(k p^2). Where its per-group second
-        # moments would not fit (many distinct event times and many columns), the
-        # complex step instead: p gradient-change passes per block of rows
+        # use; each chunk of rows then costs O(k p^2). With delayed entry, or where its
+        # per-group second moments would not fit (many distinct event times and many
+        # columns), the complex step instead: p gradient-change passes per block of rows
         rows = unit_rows(units)
         closed_form = self._closed_form_hessian_changes()
         with single_blas_thread(self._at[1].shape[0]):

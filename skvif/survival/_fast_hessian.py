@@ -40,9 +40,9 @@ import threading
 
 import numpy as np
 
-from ._fast import (_BLOCK, _RATIO, _TERMS, _efron_sums, _group_intervals, _pair_chunks,
-                    _ranges, _series_cut, _SortedDesign, _Statistics, cumulative_at,
-                    gradient_and_hessian, hessian_changes)
+from ._fast import (_BLOCK, _BUILD_LOCK, _RATIO, _TERMS, _efron_sums, _group_intervals,
+                    _pair_chunks, _ranges, _series_cut, _SortedDesign, _Statistics,
+                    cumulative_at, gradient_and_hessian, hessian_changes)
 
 __all__ = ["CoxHessianChanges", "closed_form_hessian_changes", "group_moments_fit"]
 
@@ -536,8 +536,9 @@ class CoxHessianChanges:
         """
         if self.special.size * self.pp > _SPECIAL_ELEMENTS:
             return self._direct_changes(self.special[positions])
-        if self._special_cache is None:
-            self._special_cache = self._direct_changes(self.special)
+        with _BUILD_LOCK:
+            if self._special_cache is None:
+                self._special_cache = self._direct_changes(self.special)
         return self._special_cache[positions]
 
     def _direct_changes(self, rows):
