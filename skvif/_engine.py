@@ -63,6 +63,8 @@ _NEUMANN_MAX_STEPS = 8   # fixed-point steps of a unit's local Newton solve, at 
 _NEUMANN_RTOL = 1e-12    # ... until the error bound is below this, relative
 _SPREAD = 2.0            # Jacobi scales within sqrt(this): ||D~||_F bounded unweighted
 _NEWTON_BLOCK_ELEMENTS = 2**20  # units' Hessian changes iterated together (8 MiB: in cache)
+_MAX_THREADS = 4  # for the closed forms' chunks, at most: their Python parts hold the GIL
+                  # (a quarter of newton's time at 1e5 x 100), and each thread its chunks
 
 
 class ModelDerivatives:
@@ -96,7 +98,7 @@ class ModelDerivatives:
         True when ``gradient_changes`` and ``hessian_changes`` may be called
         from several threads at once: without ``n_jobs`` workers,
         ``method="vif"`` and ``"newton"`` then run their chunks (with the
-        solves) on as many threads as BLAS would use
+        solves) on as many threads as BLAS would use, up to 4
         (:func:`threadpoolctl.threadpool_limits` caps both), each with one
         BLAS thread and a contiguous run of chunks in ``unit_order``.
     ``weight_derivatives() -> (p, n)``
@@ -227,7 +229,8 @@ def _threaded(func, chunks, threads):
     Each thread takes a contiguous run of the chunks, in order, so that a model
     that streams work shared along the units (:meth:`ModelDerivatives.unit_order`)
     streams each run once. At most ``threads`` results wait for the caller (a
-    thread that gets ahead waits: memory stays that of ``2 threads`` chunks).
+    thread that gets ahead waits), so memory stays that of about ``2 * threads``
+    chunks.
     Stops the threads at the first error and raises it.
     """
     runs = np.array_split(np.arange(len(chunks)), min(threads, len(chunks)))
@@ -862,7 +865,7 @@ class InfluenceResults:
         ``thread_safe`` (each then with one BLAS thread) and no joblib workers, else 1."""
         if self.n_jobs not in (None, 1) or not getattr(self.derivatives, "thread_safe", False):
             return 1
-        return blas_threads()
+        return min(blas_threads(), _MAX_THREADS)
 
     @property
     def _lossb(self):

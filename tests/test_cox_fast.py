@@ -509,6 +509,12 @@ def test_closed_forms_on_blas_threads_equal_one_thread(method, monkeypatch):
         m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
         many = m.influence_(method=method, as_frame=False)
         assert len(used) == 1 and used[0][0] >= 3 and used[0][1] == 3
+        monkeypatch.setattr(_engine, "blas_threads", lambda: 64)   # (at most _MAX_THREADS)
+        np.testing.assert_allclose(
+            CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata).influence_(
+                method=method, as_frame=False), one, rtol=1e-12, atol=1e-14 * np.abs(one).max())
+        assert len(used) == 2 and used[1][1] == _engine._MAX_THREADS == 4
+        used.pop()
         # joblib workers instead: no threads of skvif's own
         from joblib import parallel_backend
         with parallel_backend("threading"):

@@ -1068,15 +1068,16 @@ class CoxDerivatives(CoxCurvature):
         return closed_form.row_order(unit_rows(units))
 
     def _closed_form_hessian_changes(self):
-        """The (cached) :class:`._fast_hessian.CoxHessianChanges`, or None where its
-        per-group second moments would not fit."""
+        """The (cached) :class:`._fast_hessian.CoxHessianChanges`, or None with delayed
+        entry or where its per-group second moments would not fit."""
         from ._fast_hessian import CoxHessianChanges
         if self.hessian_changes is None or not self._closed_form_fits():
             return None
-        with _BUILD_LOCK, single_blas_thread(self._at[1].shape[0]):
+        with _BUILD_LOCK:   # (once for all threads)
             if "hessian_changes" not in self._cache:
-                self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
-                                                                   design=self._design)
+                with single_blas_thread(self._at[1].shape[0]):
+                    self._cache["hessian_changes"] = CoxHessianChanges(*self._at,
+                                                                       design=self._design)
         return self._cache["hessian_changes"]
 
     def hessian_changes(self, units):
