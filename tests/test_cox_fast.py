@@ -349,7 +349,7 @@ def test_newton_with_delayed_entry_equals_the_generic_engine(seed, ties_level, b
                                          strata, w)
     scale = np.abs(generic).max(axis=0)
     assert np.all(scale > 0)
-    assert np.abs((fast - generic) / scale).max() < 1e-9 + 40 * rounding
+    assert np.abs((fast - generic) / scale).max() < 1e-11 + 40 * rounding   # (seen: 4e-13)
 
 
 @pytest.mark.parametrize("seed", [7919 * k for k in range(1, 13)] + [65536])
