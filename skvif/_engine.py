@@ -65,6 +65,7 @@ _SPREAD = 2.0            # Jacobi scales within sqrt(this): ||D~||_F bounded unw
 _NEWTON_BLOCK_ELEMENTS = 2**20  # units' Hessian changes iterated together (8 MiB: in cache)
 _MAX_THREADS = 4  # for the closed forms' chunks, at most: their Python parts hold the GIL
                   # (a quarter of newton's time at 1e5 x 100), and each thread its chunks
+_THREAD_MIN_UNITS = 2**10  # units per chunk, at least, where chunks are cut for threads
 
 
 class ModelDerivatives:
@@ -194,10 +195,14 @@ def _map_chunks(func, units, n_samples, batched, n_jobs, verbose, label, size=No
     ``write(start, result)``, when given, receives each chunk's result (the
     units from position ``start`` on) as it comes instead, and nothing is kept.
     ``threads`` > 1 (and no ``n_jobs`` workers): ``func`` on that many
-    threads (:func:`_threaded`).
+    threads (:func:`_threaded`), chunks of ``size`` cut so that each thread
+    has one (of at least ``_THREAD_MIN_UNITS`` units).
     """
+    parallel = n_jobs is not None and n_jobs != 1
+    if threads > 1 and not parallel and size is not None:   # (a chunk for each thread)
+        size = min(size, max(_THREAD_MIN_UNITS, -(-len(units) // threads)))
     chunks = _chunks(units, n_samples, batched, size)
-    parallel = n_jobs is not None and n_jobs != 1 and len(chunks) > 1
+    parallel = parallel and len(chunks) > 1
     if threads > 1 and len(chunks) > 1 and not parallel:
         done = _threaded(func, chunks, threads)
     elif parallel:

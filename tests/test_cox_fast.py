@@ -481,16 +481,27 @@ def test_newton_over_joblib_workers_equals_one_worker(backend, monkeypatch):
         sys.setswitchinterval(interval)
 
 
-@pytest.mark.parametrize("method", ["vif", "newton"])
-def test_closed_forms_on_blas_threads_equal_one_thread(method, monkeypatch):
+@pytest.mark.parametrize("method, entry", [("vif", False), ("newton", False),
+                                           ("vif", True), ("newton", True)])
+def test_closed_forms_on_blas_threads_equal_one_thread(method, entry, monkeypatch):
     # all-rows vif and newton run the closed forms' chunks on as many threads as BLAS
     # would use (here made 3), each a contiguous run of chunks (newton's streaming its own
-    # tables): the changes of one thread (threadpoolctl's limit of one), chunk for chunk
+    # tables, or with delayed entry keeping its own complex-step block of 200 rows): the
+    # changes of one thread (threadpoolctl's limit of one), chunk for chunk
     from threadpoolctl import threadpool_limits
     from skvif import _blas
+    from skvif.survival import _fast
     monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 2**9)
     monkeypatch.setattr(_engine, "_LOCAL_MIN_ROWS", 16)
+    monkeypatch.setattr(_fast, "_CACHE_ELEMENTS", 200 * 9)
     X, y, w, strata, units, rng = _adversarial(3, 600, 20, 30, 5.0, 2)
+    if entry:
+        entry = np.where(rng.random(600) < 0.3, -1.0, rng.uniform(0, 0.5, 600) * y[:, 0])
+    else:
+        entry = None
+
+    def fit():
+        return CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata, entry=entry)
     used, threaded = [], _engine._threaded
 
     def recorded(func, chunks, threads):
@@ -499,26 +510,26 @@ def test_closed_forms_on_blas_threads_equal_one_thread(method, monkeypatch):
     monkeypatch.setattr(_engine, "_threaded", recorded)
     with threadpool_limits(1):
         assert _blas.blas_threads() == 1
-        one = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata).influence_(
+        one = fit().influence_(
             method=method, as_frame=False)
     assert used == []
     monkeypatch.setattr(_engine, "blas_threads", lambda: 3)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)   # threads switch often
     try:
-        m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+        m = fit()
         many = m.influence_(method=method, as_frame=False)
         assert len(used) == 1 and used[0][0] >= 3 and used[0][1] == 3
         monkeypatch.setattr(_engine, "blas_threads", lambda: 64)   # (at most _MAX_THREADS)
         np.testing.assert_allclose(
-            CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata).influence_(
+            fit().influence_(
                 method=method, as_frame=False), one, rtol=1e-12, atol=1e-14 * np.abs(one).max())
         assert len(used) == 2 and used[1][1] == _engine._MAX_THREADS == 4
         used.pop()
         # joblib workers instead: no threads of skvif's own
         from joblib import parallel_backend
         with parallel_backend("threading"):
-            workers = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata).influence_(
+            workers = fit().influence_(
                 method=method, as_frame=False, n_jobs=2)
         assert len(used) == 1
         np.testing.assert_allclose(workers, one, rtol=1e-12, atol=1e-14 * np.abs(one).max())

@@ -934,7 +934,8 @@ def hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None, s
 
     The derivative of :func:`gradient_changes` by the complex step
     ``Im g(params + i h e_j) / h``: exact to rounding (no difference of two
-    nearby numbers), ``p`` evaluations of the ``O(n p)`` gradient changes.
+    nearby numbers), ``p`` evaluations of the gradient changes of ``rows``
+    (each after ``O(n p)`` shared work).
     """
     rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
     design = _SortedDesign(X, rs) if design is None else design
@@ -943,8 +944,8 @@ def hessian_changes(params, X, rs, case_weights, ties, rows=None, design=None, s
     for j in range(p):
         shifted = params.astype(complex)
         shifted[j] += 1j * step
-        out[:, :, j] = gradient_changes(shifted, X, rs, case_weights, ties,
-                                        design)[rows].imag / step
+        out[:, :, j] = gradient_change_rows(shifted, X, rs, case_weights, ties,
+                                            design)(rows).imag / step
     return 0.5 * (out + np.swapaxes(out, 1, 2))
 
 
@@ -991,6 +992,12 @@ def weight_derivatives(params, X, rs, case_weights, ties, design=None):
     return (w[:, None] * out).T
 
 
+class _Block(threading.local):
+    """Per thread: the complex step's last block of Hessian changes (its index, values)."""
+
+    index, values = -1, None
+
+
 class CoxDerivatives(CoxCurvature):
     """The engine's closed forms for the Cox objective (:class:`skvif._engine.ModelDerivatives`).
 
@@ -1010,6 +1017,7 @@ class CoxDerivatives(CoxCurvature):
         super().__init__(X, rs, case_weights, ties, alpha)
         self._at = (params, X, rs, case_weights, ties)
         self._cache = {}
+        self._block = _Block()
         self._survival = survival
         if not row_changes:
             self.gradient_changes = self.hessian_changes = None
@@ -1039,11 +1047,17 @@ class CoxDerivatives(CoxCurvature):
         return gradient_and_hessian(self._at[0], X, rs, case_weights, ties, alpha,
                                     self._design)[1]
 
-    @property
-    def thread_safe(self):
-        # (the complex step's block of Hessian changes is shared, the closed form's
-        # tables stream per thread)
-        return self._closed_form_fits()
+    thread_safe = True   # (the closed form's tables stream per thread, the complex step's
+                         # last block is kept per thread)
+
+    def __getstate__(self):   # (processes start their own blocks)
+        state = self.__dict__.copy()
+        del state["_block"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._block = _Block()
 
     def _closed_form_fits(self):
         from ._fast_hessian import group_moments_fit
@@ -1093,20 +1107,22 @@ class CoxDerivatives(CoxCurvature):
             return closed_form.parts(rows)   # (D, x, y): D + x y^T + y x^T
 
     def _complex_step_hessian_changes(self, rows):
-        # blocks of at most _CACHE_ELEMENTS numbers, the last one kept (the engine asks
-        # for consecutive chunks of rows)
-        params, X = self._at[:2]
+        # blocks of at most _CACHE_ELEMENTS numbers, the last one kept per thread (the
+        # engine asks for consecutive chunks of rows, each thread a run of them)
+        params, X, rs = self._at[:3]
         size = max(1, _CACHE_ELEMENTS // params.size ** 2)
         block = np.unique(rows // size)
-        if block.size > 1:
+        if block.size > 1 or rs.has_entry:   # (with entry each row's pairs cost the most)
             return hessian_changes(*self._at, rows=rows, design=self._design)
-        if self._cache.get("hessian_block") != block[0]:
-            self._cache["hessian"] = hessian_changes(
+        kept = self._block
+        if kept.index != block[0]:
+            kept.values = None   # (one block at a time)
+            kept.values = hessian_changes(
                 *self._at, rows=np.arange(block[0] * size, min((block[0] + 1) * size,
                                                                X.shape[0])),
                 design=self._design)
-            self._cache["hessian_block"] = block[0]
-        return self._cache["hessian"][rows - block[0] * size]
+            kept.index = block[0]
+        return kept.values[rows - block[0] * size]
 
     def weight_derivatives(self):
         return weight_derivatives(*self._at, design=self._design)
