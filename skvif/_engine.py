@@ -13,7 +13,6 @@ losses. The engine then evaluates the gradients (and Hessians, and refits) of
 loop; every built-in objective of skvif is written this way.
 """
 
-import contextlib
 import numbers
 import queue
 import threading
@@ -235,7 +234,7 @@ def _threaded(func, chunks, threads):
     that streams work shared along the units (:meth:`ModelDerivatives.unit_order`)
     streams each run once. At most ``threads`` results wait for the caller (a
     thread that gets ahead waits), so memory stays that of about ``2 * threads``
-    chunks.
+    chunks. BLAS runs on one thread meanwhile (the threads replace its own).
     Stops the threads at the first error and raises it.
     """
     runs = np.array_split(np.arange(len(chunks)), min(threads, len(chunks)))
@@ -258,18 +257,19 @@ def _threaded(func, chunks, threads):
             put(exc)
 
     pool = [threading.Thread(target=work, args=(run,), daemon=True) for run in runs]
-    for thread in pool:
-        thread.start()
-    try:
-        for _ in range(len(chunks)):
-            item = finished.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+    with single_blas_thread():
         for thread in pool:
-            thread.join()
+            thread.start()
+        try:
+            for _ in range(len(chunks)):
+                item = finished.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            for thread in pool:
+                thread.join()
 
 
 # --------------------------------------------------------------------------
@@ -965,9 +965,8 @@ class InfluenceResults:
             def write(start, R):
                 out[start:start + len(R)] = (R if threads > 1 else
                                              self._solve_rows(_nan_rows(R), solver))
-            with single_blas_thread() if threads > 1 else contextlib.nullcontext():
-                self._map(solved if threads > 1 else changes, label, size=size, write=write,
-                          threads=threads)
+            self._map(solved if threads > 1 else changes, label, size=size, write=write,
+                      threads=threads)
             return out
         R = self.right_hand_sides(method)
         size = max(1, _CHUNK_ELEMENTS // self.n_params)
@@ -1060,10 +1059,9 @@ class InfluenceResults:
         def write(start, result):
             at = order[start:start + len(result)]
             out[at], singular[at] = result[:, :-1], result[:, -1] > 0
-        threads = self._closed_form_threads() if local else 1
-        with single_blas_thread() if threads > 1 else contextlib.nullcontext():
-            self._map(step, "newton steps", units=_take(self.units, order),
-                      size=self._local_size if local else None, write=write, threads=threads)
+        self._map(step, "newton steps", units=_take(self.units, order),
+                  size=self._local_size if local else None, write=write,
+                  threads=self._closed_form_threads() if local else 1)
         _warn_singular_newton(singular)
         return out
 

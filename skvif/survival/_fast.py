@@ -992,7 +992,18 @@ def weight_derivatives(params, X, rs, case_weights, ties, design=None):
     return (w[:, None] * out).T
 
 
-class _Block(threading.local):
+class _PerThread(threading.local):
+    """State of each thread that shares an object; pickled, a fresh one (processes start
+    their own). ``__init__``'s arguments are kept to make it again."""
+
+    def __init__(self, *args):
+        self._args = args
+
+    def __reduce__(self):
+        return type(self), self._args
+
+
+class _Block(_PerThread):
     """Per thread: the complex step's last block of Hessian changes (its index, values)."""
 
     index, values = -1, None
@@ -1049,15 +1060,6 @@ class CoxDerivatives(CoxCurvature):
 
     thread_safe = True   # (the closed form's tables stream per thread, the complex step's
                          # last block is kept per thread)
-
-    def __getstate__(self):   # (processes start their own blocks)
-        state = self.__dict__.copy()
-        del state["_block"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._block = _Block()
 
     def _closed_form_fits(self):
         from ._fast_hessian import group_moments_fit

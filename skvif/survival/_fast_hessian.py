@@ -36,13 +36,12 @@ The parts in ``x_u`` (``d d^T`` expanded, and the own group's) add up to
 numbers per group or row).
 """
 
-import threading
 
 import numpy as np
 
-from ._fast import (_BLOCK, _BUILD_LOCK, _RATIO, _TERMS, _efron_sums, _group_intervals,
-                    _pair_chunks, _ranges, _series_cut, _SortedDesign, _Statistics,
-                    cumulative_at, gradient_and_hessian, hessian_changes)
+from ._fast import (_BLOCK, _BUILD_LOCK, _RATIO, _TERMS, _PerThread, _efron_sums,
+                    _group_intervals, _pair_chunks, _ranges, _series_cut, _SortedDesign,
+                    _Statistics, cumulative_at, gradient_and_hessian, hessian_changes)
 
 __all__ = ["CoxHessianChanges", "closed_form_hessian_changes", "group_moments_fit"]
 
@@ -98,7 +97,7 @@ def _grouped_moments(X, r, rows, starts):
     return out
 
 
-class _Stream(threading.local):
+class _Stream(_PerThread):
     """Per thread: where the stream of prefix tables is, and the last own group's moments.
 
     ``next`` the first group not streamed yet, ``running`` the prefix sums
@@ -109,6 +108,7 @@ class _Stream(threading.local):
     """
 
     def __init__(self, pp, p):
+        super().__init__(pp, p)
         self.next = 0
         self.running = (np.zeros((_TERMS, pp)), np.zeros((_TERMS, p + 1)))
         self.own = (-1, None)
@@ -175,15 +175,6 @@ class CoxHessianChanges:
         self._stream = _Stream(self.pp, self.p)
         self._setup_own()
         self._setup_series()
-
-    def __getstate__(self):   # (processes start their own stream)
-        state = self.__dict__.copy()
-        del state["_stream"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._stream = _Stream(self.pp, self.p)
 
     def _moments(self, a, b):
         """``[S2, D2, S1 S1^T, S1 D1^T + D1 S1^T, D1 D1^T]`` of groups ``a:b``, (b - a, 5, p^2)."""
