@@ -486,14 +486,12 @@ def test_newton_over_joblib_workers_equals_one_worker(backend, monkeypatch):
 def test_closed_forms_on_blas_threads_equal_one_thread(method, entry, monkeypatch):
     # all-rows vif and newton run the closed forms' chunks on as many threads as BLAS
     # would use (here made 3), each a contiguous run of chunks (newton's streaming its own
-    # tables, or with delayed entry keeping its own complex-step block of 200 rows): the
+    # tables, or with delayed entry taking the complex step of its chunk's rows): the
     # changes of one thread (threadpoolctl's limit of one), chunk for chunk
     from threadpoolctl import threadpool_limits
     from skvif import _blas
-    from skvif.survival import _fast
     monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 2**9)
     monkeypatch.setattr(_engine, "_LOCAL_MIN_ROWS", 16)
-    monkeypatch.setattr(_fast, "_CACHE_ELEMENTS", 200 * 9)
     X, y, w, strata, units, rng = _adversarial(3, 600, 20, 30, 5.0, 2)
     if entry:
         entry = np.where(rng.random(600) < 0.3, -1.0, rng.uniform(0, 0.5, 600) * y[:, 0])
@@ -587,6 +585,8 @@ def test_newton_without_room_for_group_moments_takes_the_complex_step(monkeypatc
         monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 5 * 9)  # chunks of 5 rows
         m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
         stepped = m.influence_(method="newton", as_frame=False)
+    # (its one block of Hessian changes is shared: no threads)
+    assert not m.get_influence().derivatives.thread_safe
     assert np.isfinite(closed).all()
     assert np.abs((stepped - closed) / np.abs(closed).max(axis=0)).max() < 1e-8
 

@@ -1003,12 +1003,6 @@ class _PerThread(threading.local):
         return type(self), self._args
 
 
-class _Block(_PerThread):
-    """Per thread: the complex step's last block of Hessian changes (its index, values)."""
-
-    index, values = -1, None
-
-
 class CoxDerivatives(CoxCurvature):
     """The engine's closed forms for the Cox objective (:class:`skvif._engine.ModelDerivatives`).
 
@@ -1028,7 +1022,6 @@ class CoxDerivatives(CoxCurvature):
         super().__init__(X, rs, case_weights, ties, alpha)
         self._at = (params, X, rs, case_weights, ties)
         self._cache = {}
-        self._block = _Block()
         self._survival = survival
         if not row_changes:
             self.gradient_changes = self.hessian_changes = None
@@ -1058,8 +1051,12 @@ class CoxDerivatives(CoxCurvature):
         return gradient_and_hessian(self._at[0], X, rs, case_weights, ties, alpha,
                                     self._design)[1]
 
-    thread_safe = True   # (the closed form's tables stream per thread, the complex step's
-                         # last block is kept per thread)
+    @property
+    def thread_safe(self):
+        # the closed form's tables stream per thread, with delayed entry the complex step
+        # takes the rows asked for; without either, the complex step's block of
+        # _CACHE_ELEMENTS numbers is one, shared
+        return self._at[2].has_entry or self._closed_form_fits()
 
     def _closed_form_fits(self):
         from ._fast_hessian import group_moments_fit
@@ -1109,22 +1106,21 @@ class CoxDerivatives(CoxCurvature):
             return closed_form.parts(rows)   # (D, x, y): D + x y^T + y x^T
 
     def _complex_step_hessian_changes(self, rows):
-        # blocks of at most _CACHE_ELEMENTS numbers, the last one kept per thread (the
-        # engine asks for consecutive chunks of rows, each thread a run of them)
+        # blocks of at most _CACHE_ELEMENTS numbers, the last one kept (the engine asks
+        # for consecutive chunks of rows)
         params, X, rs = self._at[:3]
         size = max(1, _CACHE_ELEMENTS // params.size ** 2)
         block = np.unique(rows // size)
         if block.size > 1 or rs.has_entry:   # (with entry each row's pairs cost the most)
             return hessian_changes(*self._at, rows=rows, design=self._design)
-        kept = self._block
-        if kept.index != block[0]:
-            kept.values = None   # (one block at a time)
-            kept.values = hessian_changes(
+        if self._cache.get("hessian_block") != block[0]:
+            self._cache["hessian"] = None   # (one block at a time)
+            self._cache["hessian"] = hessian_changes(
                 *self._at, rows=np.arange(block[0] * size, min((block[0] + 1) * size,
                                                                X.shape[0])),
                 design=self._design)
-            kept.index = block[0]
-        return kept.values[rows - block[0] * size]
+            self._cache["hessian_block"] = block[0]
+        return self._cache["hessian"][rows - block[0] * size]
 
     def weight_derivatives(self):
         return weight_derivatives(*self._at, design=self._design)
