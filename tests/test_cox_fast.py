@@ -221,14 +221,19 @@ def test_closed_form_hessian_changes_match_complex_step(direct_rows, monkeypatch
             scale = np.abs(ref).max(axis=0) + 1e-300
             monkeypatch.setattr(_fast_hessian, "_DIRECT_ROWS", direct_rows)
             # second-moment sums by one matrix product per segment, or by outer products
-            monkeypatch.setattr(_fast_hessian, "_GEMM_SEGMENT", 1 if direct_rows else 10**9)
+            monkeypatch.setattr(_fast_hessian, "_GEMM_NUMBERS", 0 if direct_rows else 10**9)
             # series by one product per group, or term by term
             monkeypatch.setattr(_fast_hessian, "_SHARED_GROUP", 0 if direct_rows else 10**9)
             changes = _fast_hessian.CoxHessianChanges(*args)
-            # the series tables streamed one group at a time, in windows of one group
+            # the series tables streamed one group at a time, in windows of one group, the
+            # risk-set second moments in blocks of segments (summed again from each
+            # block's start)
             monkeypatch.setattr(_fast_hessian, "_STREAM_ELEMENTS", 0)
             monkeypatch.setattr(_fast_hessian, "_WINDOW_ELEMENTS", 0)
+            monkeypatch.setattr(_fast_hessian, "_segments_per_block",
+                                lambda *shape: 1 if direct_rows else 7)
             streamed = _fast_hessian.CoxHessianChanges(*args)
+            assert streamed.second_moments.S2 is None
             rows = rng.permutation(400)
             for out in (changes.rows(np.arange(400)), streamed.rows(np.arange(400)),
                         np.concatenate([changes.rows(rows[:7]), changes.rows(rows[7:])])[
@@ -491,14 +496,19 @@ def test_newton_over_joblib_workers_equals_one_worker(backend, monkeypatch):
 
 
 @pytest.mark.parametrize("method, entry", [("vif", False), ("newton", False),
-                                           ("vif", True), ("newton", True)])
+                                           ("newton-blocks", False), ("vif", True),
+                                           ("newton", True)])
 def test_closed_forms_on_blas_threads_equal_one_thread(method, entry, monkeypatch):
     # all-rows vif and newton run the closed forms' chunks on as many threads as BLAS
     # would use (here made 3), each a contiguous run of chunks (newton's streaming its own
-    # tables, or with delayed entry taking the complex step of its chunk's rows): the
-    # changes of one thread (threadpoolctl's limit of one), chunk for chunk
+    # tables and its own blocks of second moments, or with delayed entry taking the
+    # complex step of its chunk's rows): the changes of one thread (threadpoolctl's limit
+    # of one), chunk for chunk
     from threadpoolctl import threadpool_limits
     from skvif import _blas
+    if method == "newton-blocks":
+        method = "newton"
+        monkeypatch.setattr(_fast_hessian, "_segments_per_block", lambda *shape: 5)
     monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 2**9)
     monkeypatch.setattr(_engine, "_LOCAL_MIN_ROWS", 16)
     X, y, w, strata, units, rng = _adversarial(3, 600, 20, 30, 5.0, 2)
@@ -581,14 +591,25 @@ def test_hessian_changes_in_blocks_equal_all_at_once(monkeypatch):
 
 def test_newton_without_room_for_group_moments_takes_the_complex_step(monkeypatch):
     # where the closed form's per-group second moments would exceed their bound (many
-    # event times, many columns), newton's Hessian changes come from the complex step in
-    # blocks of rows (bounded memory): the same steps, chunks across block boundaries too
+    # event times, many columns), the risk-set moments come in blocks summed again from
+    # each block's start; where even the sums at the blocks' ends would, newton's Hessian
+    # changes come from the complex step in blocks of rows (bounded memory): the same
+    # steps, chunks across block boundaries too
     from skvif.survival import _fast
     X, y, w, strata, units, rng = _adversarial(6, 90, 0, 0, 20.0, 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
         closed = m.influence_(method="newton", as_frame=False)
+        pp, n_groups = X.shape[1] ** 2, m._risk_sets.group_time.size
+        monkeypatch.setattr(_fast_hessian, "_MOMENT_ELEMENTS", 2 * n_groups * pp - 1)
+        monkeypatch.setattr(_fast_hessian, "_MOMENT_BLOCK", 4 * pp)
+        m = CoxPHInfluence().fit(X, y, sample_weight=w, strata=strata)
+        blocks = m.influence_(method="newton", as_frame=False)
+        derivatives = m.get_influence().derivatives
+        assert derivatives.thread_safe
+        assert derivatives._closed_form_hessian_changes().second_moments.size == 4
+        np.testing.assert_allclose(blocks, closed, rtol=1e-12, atol=1e-14 * np.abs(closed).max())
         monkeypatch.setattr(_fast_hessian, "_MOMENT_ELEMENTS", 0)
         monkeypatch.setattr(_fast, "_CACHE_ELEMENTS", 13 * 9)   # blocks of 13 rows
         monkeypatch.setattr(_engine, "_CHUNK_ELEMENTS", 5 * 9)  # chunks of 5 rows

@@ -1061,7 +1061,8 @@ class CoxDerivatives(CoxCurvature):
     def _closed_form_fits(self):
         from ._fast_hessian import group_moments_fit
         params, rs = self._at[0], self._at[2]
-        return not rs.has_entry and group_moments_fit(rs.group_time.size, params.size)
+        return not rs.has_entry and group_moments_fit(rs.group_time.size, rs.n_strata,
+                                                          params.size)
 
     def gradient_changes(self, units):
         # the shared per-group work once; each chunk of rows then O(k p)

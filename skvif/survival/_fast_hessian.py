@@ -18,7 +18,9 @@ f_s D2_g``, ``S2``/``D2`` the group's risk-set/death sums of ``r x x^T``).
   a_s^-l``, normalized per block of groups as in :func:`._fast._series_sums`.
   The prefix tables are streamed along the groups (rows asked for in the
   order of their series' last group: one pass, a window of groups in memory),
-  and the rows of one group take their sums as one matrix product. The other
+  and the rows of one group take their sums as one matrix product. Where all
+  groups' ``S2`` and ``D2`` would not fit, ``S2`` comes in blocks summed from
+  the running sum kept at each block's end (:class:`_SecondMoments`). The other
   slots (``t > _RATIO``, a bounded number of pairs) are summed pair by pair.
 * The row's own tie group (when it dies): the group's term recomputed without
   the row, its Efron sums over the remaining tied deaths slot by slot, by a
@@ -41,7 +43,8 @@ import numpy as np
 
 from ._fast import (_BLOCK, _BUILD_LOCK, _RATIO, _TERMS, _PerThread, _efron_sums,
                     _group_intervals, _pair_chunks, _ranges, _series_cut, _SortedDesign,
-                    _Statistics, cumulative_at, gradient_and_hessian, hessian_changes)
+                    _Statistics, gradient_and_hessian, hessian_changes)
+from ._objective import cumsum_by_segment
 
 __all__ = ["CoxHessianChanges", "closed_form_hessian_changes", "group_moments_fit"]
 
@@ -51,14 +54,26 @@ _STREAM_ELEMENTS = 2**22  # per-group series values computed at once (32 MiB)
 _WINDOW_ELEMENTS = 2**24  # series tables of one window of a block's groups (128 MiB)
 _SPECIAL_ELEMENTS = 2**27  # directly recomputed rows' changes kept up to this many numbers
 _MOMENT_ELEMENTS = 2**27  # the two per-group (n_groups, p^2) second-moment arrays, at most
-_MOMENT_ROWS = 2**14     # rows per chunk of the second-moment sums
+_MOMENT_BLOCK = 2**21    # else the risk-set moments of one block of segments (16 MiB)
 _SHARED_GROUP = 4        # rows of a block per group from which the series is one product per group
-_GEMM_SEGMENT = 16       # segments at least this long on average: a matrix product each
+_GEMM_NUMBERS = 512      # segments of at least this many numbers (rows x p^2) on average:
+                         # a matrix product each
 
 
-def group_moments_fit(n_groups, p):
-    """Whether :class:`CoxHessianChanges`' per-group second moments fit ``_MOMENT_ELEMENTS``."""
-    return 2 * n_groups * p * p <= _MOMENT_ELEMENTS
+def _segments_per_block(n_groups, n_segments, p):
+    """Segments per block of :class:`_SecondMoments` (all of them: kept whole), 0 if the
+    sums at the blocks' ends would not fit ``_MOMENT_ELEMENTS`` numbers either."""
+    pp = p * p
+    if 2 * n_groups * pp <= _MOMENT_ELEMENTS:
+        return max(n_segments, 1)
+    size = max(1, _MOMENT_BLOCK // pp)
+    return size if -(-n_segments // size) * pp <= _MOMENT_ELEMENTS else 0
+
+
+def group_moments_fit(n_groups, n_strata, p):
+    """Whether :class:`CoxHessianChanges`' per-group second moments fit ``_MOMENT_ELEMENTS``
+    (whole, or in blocks)."""
+    return _segments_per_block(n_groups, n_groups + n_strata, p) > 0
 
 
 def _outer(a, b):
@@ -70,21 +85,22 @@ def _grouped_moments(X, r, rows, starts):
     """``sum r_i x_i x_i^T`` (flattened) over ``rows[starts[g]:starts[g+1]]``, (n_segments, p^2).
 
     ``starts`` are the segments' first positions (increasing, the last segment
-    ends at ``rows.size``); computed in chunks of ``_MOMENT_ROWS`` rows.
+    ends at ``rows.size``); computed in chunks of about ``_STREAM_ELEMENTS`` numbers.
     """
     n_seg = starts.size
     out = np.zeros((n_seg, X.shape[1] ** 2), dtype=r.dtype)
     if n_seg == 0 or rows.size == 0:
         return out
-    if rows.size >= _GEMM_SEGMENT * n_seg:
-        # long segments (tied times): one matrix product X_k^T diag(r) X_k per segment
+    if rows.size * X.shape[1] ** 2 >= _GEMM_NUMBERS * n_seg:
+        # long segments (tied times, many columns): X_k^T diag(r) X_k per segment
         ends = np.append(starts[1:], rows.size)
         for k, (lo, hi) in enumerate(zip(starts, ends)):
             x = X[rows[lo:hi]]
             out[k] = (x.T @ (r[rows[lo:hi], None] * x)).ravel()
         return out
-    for lo in range(0, rows.size, _MOMENT_ROWS):
-        hi = min(lo + _MOMENT_ROWS, rows.size)
+    size = max(1, _STREAM_ELEMENTS // X.shape[1] ** 2)
+    for lo in range(0, rows.size, size):
+        hi = min(lo + size, rows.size)
         chunk = rows[lo:hi]
         x = X[chunk]
         values = _outer(r[chunk, None] * x, x)
@@ -95,6 +111,98 @@ def _grouped_moments(X, r, rows, starts):
         sums = np.add.reduceat(values, local, axis=0)
         out[first:last + 1] += sums
     return out
+
+
+class _RecentBlocks(_PerThread):
+    """Per thread: the last two blocks :class:`_SecondMoments` computed, ``(index, sums)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = []
+
+
+class _SecondMoments:
+    """Each group's risk-set and tied-death sums of ``r x x^T`` (``S2``, ``D2``), flattened.
+
+    ``S2`` is a running sum over the segments of the sorted design
+    (:class:`._fast._SortedDesign`, restarting with each stratum). Where all
+    groups' ``S2`` and ``D2`` fit ``_MOMENT_ELEMENTS`` numbers they are computed
+    once. Otherwise the running sum is kept at the end of each block of
+    segments (about ``_MOMENT_BLOCK`` numbers), and a block asked for is
+    summed again from the end of the block before: the same running sum, no
+    difference of sums. Each thread keeps the last two blocks it summed, and
+    ``D2`` is summed for the groups asked for.
+    """
+
+    def __init__(self, X, r, rs, design):
+        self.X, self.r, self.rs = X, r, rs
+        self.rows, _, self.indptr, restart, self.last = design.time
+        n_segments, n_groups = self.indptr.size - 1, rs.group_time.size
+        self.restart = np.zeros(n_segments + 1, dtype=bool)
+        self.restart[restart] = True
+        self.size = _segments_per_block(n_groups, n_segments, X.shape[1])
+        self._recent = _RecentBlocks()
+        if self.size >= n_segments:   # (whole)
+            sums = self._sum(0, None) if n_segments else None
+            if n_segments and np.array_equal(self.last, np.arange(n_segments)):
+                self.S2 = sums   # (each group's risk set ends a segment of its own)
+            else:
+                self.S2 = np.zeros((n_groups, X.shape[1] ** 2))
+                at = self.last >= 0
+                self.S2[at] = sums[self.last[at]] if n_segments else 0.0
+            self.D2 = self._deaths(np.arange(n_groups))
+            return
+        self.S2 = self.D2 = None
+        self.ends = np.empty((-(-n_segments // self.size), X.shape[1] ** 2))
+        for b in range(self.ends.shape[0]):
+            self.ends[b] = self._sum(b, self.ends[b - 1] if b else None)[-1]
+
+    def _sum(self, b, before):
+        """The running sums at block ``b``'s segments, from ``before`` (the block before's
+        last, or None)."""
+        lo = b * self.size
+        hi = min(lo + self.size, self.indptr.size - 1)
+        first = self.indptr[lo]
+        out = np.empty((hi - lo + 1, self.X.shape[1] ** 2))
+        out[0] = 0.0 if before is None else before
+        out[1:] = _grouped_moments(self.X, self.r, self.rows[first:self.indptr[hi]],
+                                   self.indptr[lo:hi] - first)
+        starts = np.concatenate([[0], 1 + np.flatnonzero(self.restart[lo:hi])])
+        return cumsum_by_segment(out, starts, out, axis=0)[1:]
+
+    def _block(self, b):
+        recent = self._recent.blocks
+        for index, sums in recent:
+            if index == b:
+                return sums
+        sums = self._sum(b, self.ends[b - 1] if b else None)
+        recent[:] = [(b, sums)] + recent[:1]
+        return sums
+
+    def _deaths(self, groups):
+        """``D2`` of ``groups`` (sorted, unique)."""
+        lo = self.rs.death_bounds[groups]
+        counts = self.rs.death_bounds[groups + 1] - lo
+        return _grouped_moments(self.X, self.r, self.rs.deaths[_ranges(lo, counts)],
+                                np.cumsum(counts) - counts)
+
+    def at(self, groups):
+        """``S2``, ``D2`` of ``groups`` (an array, any order, repeats allowed) or of a slice."""
+        if self.S2 is not None:
+            return self.S2[groups], self.D2[groups]
+        if isinstance(groups, slice):
+            groups = np.arange(groups.start, groups.stop)
+        unique, inverse = np.unique(groups, return_inverse=True)
+        segment = self.last[unique]
+        S2 = np.zeros((unique.size, self.X.shape[1] ** 2))
+        block = np.where(segment >= 0, segment // self.size, -1)
+        for b in np.unique(block[block >= 0]):
+            here = np.flatnonzero(block == b)
+            S2[here] = self._block(b)[segment[here] - b * self.size]
+        D2 = self._deaths(unique)
+        if unique.size == groups.size and np.all(groups[1:] > groups[:-1]):
+            return S2, D2
+        return S2[inverse], D2[inverse]
 
 
 class _Stream(_PerThread):
@@ -122,7 +230,8 @@ class CoxHessianChanges:
     are streamed along the groups as blocks of rows ask for them
     (:meth:`_tables`), so :meth:`rows` costs ``O(k p^2)`` plus the block's
     exact pairs, and nothing grows with the number of groups times ``p^2``
-    beyond the second moments. Rows asked for in the order of
+    beyond the second moments (:class:`_SecondMoments`: in blocks where they
+    would). Rows asked for in the order of
     :meth:`row_order` share their groups' products and the tables stream once.
 
     Parameters
@@ -152,11 +261,7 @@ class CoxHessianChanges:
         self.pp = p * p
         # per group, flattened: the risk-set and death sums of r x x^T (S2, D2; the
         # products of the first moments are formed where needed, :meth:`_moments`)
-        n_groups = rs.group_time.size
-        sorted_rows, _, indptr, restart, last = design.time
-        self.S2 = (cumulative_at(_grouped_moments(X, st.r, sorted_rows, indptr[:-1]), restart,
-                                 last) if indptr.size > 1 else np.zeros((n_groups, p * p)))
-        self.D2 = _grouped_moments(X, st.r, rs.deaths, rs.death_bounds[:-1])
+        self.second_moments = _SecondMoments(X, st.r, rs, design)
         self.first_moments = np.stack([st.S1, st.D1], axis=1)    # (n_groups, 2, p)
         w = case_weights
         self.died = rs.event & (w > 0)
@@ -180,7 +285,7 @@ class CoxHessianChanges:
         """``[S2, D2, S1 S1^T, S1 D1^T + D1 S1^T, D1 D1^T]`` of groups ``a:b``, (b - a, 5, p^2)."""
         p = self.p
         out = np.empty((b - a, 5, self.pp))
-        out[:, 0], out[:, 1] = self.S2[a:b], self.D2[a:b]
+        out[:, 0], out[:, 1] = self.second_moments.at(slice(a, b))
         S1, D1 = self.first_moments[a:b, 0], self.first_moments[a:b, 1]
         out[:, 2] = _outer(S1, S1)
         SD = _outer(S1, D1).reshape(-1, p, p)
@@ -439,7 +544,8 @@ class CoxHessianChanges:
             rest = np.where(counting, a - ru, 1.0)
             ratio = np.where(counting, ru / rest, 0.0)            # t / (1 - t)
             m = st.m[:, s].T
-            V = (self.S2[g] - f[:, None] * self.D2[g]) / a[:, None] - _outer(m, m)
+            S2, D2 = self.second_moments.at(g)
+            V = (S2 - f[:, None] * D2) / a[:, None] - _outer(m, m)
             d = st.X[u] - m
             values = c[:, None] * (-ratio[:, None] * V + (ratio * a / rest)[:, None]
                                    * _outer(d, d))
