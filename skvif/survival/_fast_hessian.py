@@ -55,6 +55,7 @@ _WINDOW_ELEMENTS = 2**24  # series tables of one window of a block's groups (128
 _SPECIAL_ELEMENTS = 2**27  # directly recomputed rows' changes kept up to this many numbers
 _MOMENT_ELEMENTS = 2**27  # the two per-group (n_groups, p^2) second-moment arrays, at most
 _MOMENT_BLOCK = 2**21    # else the risk-set moments of one block of segments (16 MiB)
+_MOMENT_CHUNK = 2**18    # products r x x^T formed at once (2 MiB: in cache)
 _SHARED_GROUP = 4        # rows of a block per group from which the series is one product per group
 _GEMM_NUMBERS = 512      # segments of at least this many numbers (rows x p^2) on average:
                          # a matrix product each
@@ -85,7 +86,7 @@ def _grouped_moments(X, r, rows, starts):
     """``sum r_i x_i x_i^T`` (flattened) over ``rows[starts[g]:starts[g+1]]``, (n_segments, p^2).
 
     ``starts`` are the segments' first positions (increasing, the last segment
-    ends at ``rows.size``); computed in chunks of about ``_STREAM_ELEMENTS`` numbers.
+    ends at ``rows.size``); computed in chunks of about ``_MOMENT_CHUNK`` numbers.
     """
     n_seg = starts.size
     out = np.zeros((n_seg, X.shape[1] ** 2), dtype=r.dtype)
@@ -98,7 +99,7 @@ def _grouped_moments(X, r, rows, starts):
             x = X[rows[lo:hi]]
             out[k] = (x.T @ (r[rows[lo:hi], None] * x)).ravel()
         return out
-    size = max(1, _STREAM_ELEMENTS // X.shape[1] ** 2)
+    size = max(1, _MOMENT_CHUNK // X.shape[1] ** 2)
     for lo in range(0, rows.size, size):
         hi = min(lo + size, rows.size)
         chunk = rows[lo:hi]
@@ -281,12 +282,13 @@ class CoxHessianChanges:
         self._setup_own()
         self._setup_series()
 
-    def _moments(self, a, b):
-        """``[S2, D2, S1 S1^T, S1 D1^T + D1 S1^T, D1 D1^T]`` of groups ``a:b``, (b - a, 5, p^2)."""
+    def _moments(self, groups):
+        """``[S2, D2, S1 S1^T, S1 D1^T + D1 S1^T, D1 D1^T]`` of ``groups`` (a slice or an
+        array), (k, 5, p^2)."""
         p = self.p
-        out = np.empty((b - a, 5, self.pp))
-        out[:, 0], out[:, 1] = self.second_moments.at(slice(a, b))
-        S1, D1 = self.first_moments[a:b, 0], self.first_moments[a:b, 1]
+        S1, D1 = self.first_moments[groups, 0], self.first_moments[groups, 1]
+        out = np.empty((S1.shape[0], 5, self.pp))
+        out[:, 0], out[:, 1] = self.second_moments.at(groups)
         out[:, 2] = _outer(S1, S1)
         SD = _outer(S1, D1).reshape(-1, p, p)
         out[:, 3] = (SD + np.swapaxes(SD, 1, 2)).reshape(-1, self.pp)
@@ -297,7 +299,7 @@ class CoxHessianChanges:
         """:meth:`_moments` of group ``g`` (5, p^2), for the own group's terms (the last kept)."""
         stream = self._stream
         if stream.own[0] != g:
-            stream.own = (g, self._moments(g, g + 1)[0])
+            stream.own = (g, self._moments(slice(g, g + 1))[0])
         return stream.own[1]
 
     # ----------------------------------------------------------------------
@@ -398,7 +400,7 @@ class CoxHessianChanges:
         while done < groups.size:
             a = stream.next
             b = min(a + size, groups[-1] + 1)
-            values = (np.matmul(self.matrix_coef[a:b], self._moments(a, b)),
+            values = (np.matmul(self.matrix_coef[a:b], self._moments(slice(a, b))),
                       np.concatenate([np.matmul(self.vector_coef[a:b],
                                                 self.first_moments[a:b]),
                                       self.scalar[a:b, :, None]], axis=2))
@@ -607,7 +609,8 @@ class CoxHessianChanges:
         """Add the own tie group's change (:meth:`_own_parts`) of dying ``rows`` to ``out``, ``y``.
 
         Rows ``done`` (boolean) already have it (:meth:`_series`); the others by
-        one product per own group.
+        one product per own group, or where few rows share one, row by row from
+        their groups' moments.
         """
         here = np.flatnonzero((self.own_index[rows] >= 0) & ~done)
         if here.size == 0:
@@ -619,9 +622,18 @@ class CoxHessianChanges:
         groups, first = np.unique(g, return_index=True)
         bounds = np.append(first, u.size)
         change = np.empty((u.size, self.pp))
-        for i, group in enumerate(groups):
-            np.matmul(coef[bounds[i]:bounds[i + 1]], self._own_matrices(group),
-                      out=change[bounds[i]:bounds[i + 1]])
+        if groups.size * _SHARED_GROUP <= u.size:
+            for i, group in enumerate(groups):
+                np.matmul(coef[bounds[i]:bounds[i + 1]], self._own_matrices(group),
+                          out=change[bounds[i]:bounds[i + 1]])
+        else:
+            size = max(1, _STREAM_ELEMENTS // (5 * self.pp))
+            for lo in range(0, groups.size, size):
+                hi = min(lo + size, groups.size)
+                at = np.repeat(np.arange(hi - lo), np.diff(bounds[lo:hi + 1]))
+                part = slice(bounds[lo], bounds[hi])
+                np.einsum("ik,ikq->iq", coef[part], self._moments(groups[lo:hi])[at],
+                          out=change[part])
         out[here] += change
         y[here] += y_own
 
