@@ -61,7 +61,8 @@ _SINGULAR_RCOND = 1e-12
 _NEUMANN_MAX_STEPS = 8   # fixed-point steps of a unit's local Newton solve, at most
 _NEUMANN_RTOL = 1e-12    # ... until the error bound is below this, relative
 _SPREAD = 2.0            # Jacobi scales within sqrt(this): ||D~||_F bounded unweighted
-_NEWTON_BLOCK_ELEMENTS = 2**20  # units' Hessian changes iterated together (8 MiB: in cache)
+_NEWTON_BLOCK_ELEMENTS = 2**21  # units' Hessian changes iterated together (16 MiB: in L3;
+                                # per block about 500 numpy calls, which hold the GIL)
 _MAX_THREADS = 4  # for the closed forms' chunks, at most: their Python parts hold the GIL
                   # (a quarter of newton's time at 1e5 x 100), and each thread its chunks
 _THREAD_MIN_UNITS = 2**10  # units per chunk, at least, where chunks are cut for threads
