@@ -144,13 +144,13 @@ class _SecondMoments:
         self.size = _segments_per_block(n_groups, n_segments, X.shape[1])
         self._recent = _RecentBlocks()
         if self.size >= n_segments:   # (whole)
-            sums = self._sum(0, None) if n_segments else None
-            if n_segments and np.array_equal(self.last, np.arange(n_segments)):
+            sums = self._sum(0, None)
+            if np.array_equal(self.last, np.arange(n_segments)):
                 self.S2 = sums   # (each group's risk set ends a segment of its own)
             else:
                 self.S2 = np.zeros((n_groups, X.shape[1] ** 2))
                 at = self.last >= 0
-                self.S2[at] = sums[self.last[at]] if n_segments else 0.0
+                self.S2[at] = sums[self.last[at]]
             self.D2 = self._deaths(np.arange(n_groups))
             return
         self.S2 = self.D2 = None
