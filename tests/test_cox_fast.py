@@ -589,7 +589,7 @@ def test_hessian_changes_in_blocks_equal_all_at_once(monkeypatch):
                                rtol=1e-12, atol=1e-15)
 
 
-def test_newton_without_room_for_group_moments_takes_the_complex_step(monkeypatch):
+def test_newton_second_moments_in_blocks_or_by_the_complex_step(monkeypatch):
     # where the closed form's per-group second moments would exceed their bound (many
     # event times, many columns), the risk-set moments come in blocks summed again from
     # each block's start; where even the sums at the blocks' ends would, newton's Hessian

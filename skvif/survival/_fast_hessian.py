@@ -42,7 +42,7 @@ numbers per group or row).
 import numpy as np
 
 from ._fast import (_BLOCK, _BUILD_LOCK, _RATIO, _TERMS, _PerThread, _efron_sums,
-                    _group_intervals, _pair_chunks, _ranges, _series_cut, _SortedDesign,
+                    _group_intervals, _ranges, _series_cut, _SortedDesign,
                     _Statistics, gradient_and_hessian, hessian_changes)
 from ._objective import cumsum_by_segment
 
@@ -531,14 +531,21 @@ class CoxHessianChanges:
         y += 0.5 * vector[:, -1:] * self.st.X.take(u, axis=0) - vector[:, :-1]
 
     def _add_exact(self, rows, out):
-        """Add the slots from each row's cut to its own time, pair by pair, to ``out`` (k, p^2)."""
+        """Add the slots from each row's cut to its own time, pair by pair, to ``out`` (k, p^2).
+
+        In chunks of about ``_STREAM_ELEMENTS`` numbers (a row's pairs over several
+        chunks where it has many).
+        """
         st = self.st
         lo, hi = st.bounds[self.cut[rows]], st.bounds[self.g_hi[rows]]
         counts = np.where(st.r[rows] > 0, np.maximum(hi - lo, 0), 0)
-        for first, stop in _pair_chunks(counts):
-            k = counts[first:stop]
-            u = np.repeat(rows[first:stop], k)
-            s = _ranges(lo[first:stop], k)
+        ends = np.cumsum(counts)
+        size = max(1, _STREAM_ELEMENTS // (4 * self.pp))
+        for start in range(0, ends[-1] if ends.size else 0, size):
+            pair = np.arange(start, min(start + size, ends[-1]))
+            which = np.searchsorted(ends, pair, side="right")   # each pair's row
+            s = lo[which] + pair - (ends - counts)[which]
+            u = rows[which]
             g, f, a, c = st.slot_group[s], st.frac[s], st.a[s], st.c[s]
             ru = st.r[u]
             # (pairs with t > _DOMINANT belong to the directly recomputed rows)
@@ -551,9 +558,8 @@ class CoxHessianChanges:
             d = st.X[u] - m
             values = c[:, None] * (-ratio[:, None] * V + (ratio * a / rest)[:, None]
                                    * _outer(d, d))
-            nonempty = np.flatnonzero(k > 0)
-            out[first + nonempty] += np.add.reduceat(values, (np.cumsum(k) - k)[nonempty],
-                                                     axis=0)
+            first = np.flatnonzero(np.diff(which, prepend=-1))   # each row's first pair
+            out[which[first]] += np.add.reduceat(values, first, axis=0)
 
     def _setup_own(self):
         """Per dying row: its group's Efron sums without it and the slot weight (once)."""
