@@ -233,7 +233,7 @@ def test_closed_form_hessian_changes_match_complex_step(direct_rows, monkeypatch
             monkeypatch.setattr(_fast_hessian, "_segments_per_block",
                                 lambda *shape: 1 if direct_rows else 7)
             streamed = _fast_hessian.CoxHessianChanges(*args)
-            assert streamed.second_moments.S2 is None
+            assert streamed.second_moments.whole is None
             rows = rng.permutation(400)
             for out in (changes.rows(np.arange(400)), streamed.rows(np.arange(400)),
                         np.concatenate([changes.rows(rows[:7]), changes.rows(rows[7:])])[

@@ -126,13 +126,14 @@ class _SecondMoments:
     """Each group's risk-set and tied-death sums of ``r x x^T`` (``S2``, ``D2``), flattened.
 
     ``S2`` is a running sum over the segments of the sorted design
-    (:class:`._fast._SortedDesign`, restarting with each stratum). Where all
-    groups' ``S2`` and ``D2`` fit ``_MOMENT_ELEMENTS`` numbers they are computed
-    once. Otherwise the running sum is kept at the end of each block of
-    segments (about ``_MOMENT_BLOCK`` numbers), and a block asked for is
-    summed again from the end of the block before: the same running sum, no
-    difference of sums. Each thread keeps the last two blocks it summed, and
-    ``D2`` is summed for the groups asked for.
+    (:class:`._fast._SortedDesign`, restarting with each stratum), taken at
+    each group's segment. Where all groups' ``S2`` and ``D2`` fit
+    ``_MOMENT_ELEMENTS`` numbers, the running sums at all segments and ``D2``
+    are computed once (``whole``). Otherwise the running sum is kept at the
+    end of each block of segments (about ``_MOMENT_BLOCK`` numbers), and a
+    block asked for is summed again from the end of the block before: the
+    same running sum, no difference of sums. Each thread keeps the last two
+    blocks it summed, and ``D2`` is summed for the groups asked for.
     """
 
     def __init__(self, X, r, rs, design):
@@ -143,17 +144,11 @@ class _SecondMoments:
         self.restart[restart] = True
         self.size = _segments_per_block(n_groups, n_segments, X.shape[1])
         self._recent = _RecentBlocks()
-        if self.size >= n_segments:   # (whole)
-            sums = self._sum(0, None)
-            if np.array_equal(self.last, np.arange(n_segments)):
-                self.S2 = sums   # (each group's risk set ends a segment of its own)
-            else:
-                self.S2 = np.zeros((n_groups, X.shape[1] ** 2))
-                at = self.last >= 0
-                self.S2[at] = sums[self.last[at]]
+        self.whole = self.D2 = None
+        if self.size >= n_segments:   # (one block, kept)
+            self.whole = self._sum(0, None)
             self.D2 = self._deaths(np.arange(n_groups))
             return
-        self.S2 = self.D2 = None
         self.ends = np.empty((-(-n_segments // self.size), X.shape[1] ** 2))
         for b in range(self.ends.shape[0]):
             self.ends[b] = self._sum(b, self.ends[b - 1] if b else None)[-1]
@@ -172,6 +167,8 @@ class _SecondMoments:
         return cumsum_by_segment(out, starts, out, axis=0)[1:]
 
     def _block(self, b):
+        if self.whole is not None:
+            return self.whole
         recent = self._recent.blocks
         for index, sums in recent:
             if index == b:
@@ -188,19 +185,21 @@ class _SecondMoments:
                                 np.cumsum(counts) - counts)
 
     def at(self, groups):
-        """``S2``, ``D2`` of ``groups`` (an array, any order, repeats allowed) or of a slice."""
-        if self.S2 is not None:
-            return self.S2[groups], self.D2[groups]
+        """``S2``, ``D2`` of ``groups`` (an array, any order, repeats allowed, or a slice)."""
         if isinstance(groups, slice):
             groups = np.arange(groups.start, groups.stop)
         unique, inverse = np.unique(groups, return_inverse=True)
         segment = self.last[unique]
-        S2 = np.zeros((unique.size, self.X.shape[1] ** 2))
         block = np.where(segment >= 0, segment // self.size, -1)
+        S2 = np.empty((unique.size, self.X.shape[1] ** 2))
+        S2[block < 0] = 0.0   # (an empty risk set)
         for b in np.unique(block[block >= 0]):
-            here = np.flatnonzero(block == b)
-            S2[here] = self._block(b)[segment[here] - b * self.size]
-        D2 = self._deaths(unique)
+            here = block == b
+            if here.all():
+                np.take(self._block(b), segment - b * self.size, axis=0, out=S2)
+            else:
+                S2[here] = self._block(b)[segment[here] - b * self.size]
+        D2 = self._deaths(unique) if self.D2 is None else self.D2[unique]
         if unique.size == groups.size and np.all(groups[1:] > groups[:-1]):
             return S2, D2
         return S2[inverse], D2[inverse]
