@@ -14,12 +14,14 @@ machine's noise reaches 1.6x run to run). ``--warm=GiB`` has each process touch 
 much memory just before it starts the clock: on a virtual machine that hands freed memory
 back to its host (free page reporting, as Firecracker's), memory a process touches first
 costs about 2.4 ms per MiB (measured: 0.40 s for 168 MiB, 0.03 s when touched again within
-a second), which adds to every tool's time at 1e6 rows and not at 1e5; R gets the touched
-pages only as far as it allocates within the host's delay of about 2 s. Every section
-prints its own ratios; nothing here is asserted.
+a second), which adds to every tool's time at 1e6 rows and not at 1e5 (how much depends on
+what the host holds: skvif fit + vif at 1e6 x 20 took 4.1 to 5.2 s cold and 4.0 to 4.2 s
+warm); R gets the touched pages only as far as it allocates within the host's delay of
+about 2 s. Every section prints its own ratios; nothing here is asserted.
 """
 
 import json
+import mmap
 import os
 import resource
 import shutil
@@ -222,7 +224,11 @@ def _worker(tool, n, p, warm=0.0):
     X, time_, event = survival_data(n, p, seed=5, n_times=max(100, n // 100))
     y = np.c_[time_, event]
     if warm:
-        np.ones(int(warm * 2**27))   # (freed at once: its pages come back warm)
+        # (an mmap of its own, not numpy's: freeing it leaves glibc's thresholds as they
+        # were; its pages, freed at once, come back warm)
+        pages = mmap.mmap(-1, int(warm * 2**30))
+        np.frombuffer(pages, dtype=np.uint8)[::mmap.PAGESIZE] = 1
+        pages.close()
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")   # (the peak resident memory starts again from here)
