@@ -15,7 +15,7 @@ much memory just before it starts the clock: on a virtual machine that hands fre
 back to its host (free page reporting, as Firecracker's), memory a process touches first
 costs about 2.4 ms per MiB (measured: 0.40 s for 168 MiB, 0.03 s when touched again within
 a second), which adds to every tool's time at 1e6 rows and not at 1e5 (how much depends on
-what the host holds: skvif fit + vif at 1e6 x 20 took 4.1 to 5.2 s cold and 4.0 to 4.2 s
+what the host holds: skvif fit + vif at 1e6 x 20 took 4.0 to 5.2 s cold and 4.0 to 4.2 s
 warm); R gets the touched pages only as far as it allocates within the host's delay of
 about 2 s. Every section prints its own ratios; nothing here is asserted.
 """
