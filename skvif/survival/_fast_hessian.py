@@ -82,23 +82,24 @@ def _outer(a, b):
     return (a[:, :, None] * b[:, None, :]).reshape(a.shape[0], -1)
 
 
-def _grouped_moments(X, r, rows, starts):
+def _grouped_moments(X, r, rows, starts, out=None):
     """``sum r_i x_i x_i^T`` (flattened) over ``rows[starts[g]:starts[g+1]]``, (n_segments, p^2).
 
     ``starts`` are the segments' first positions (increasing, the last segment
-    ends at ``rows.size``); computed in chunks of about ``_MOMENT_CHUNK`` numbers.
+    ends at ``rows.size``); computed in chunks of about ``_MOMENT_CHUNK`` numbers,
+    into ``out`` when given.
     """
-    n_seg = starts.size
-    out = np.zeros((n_seg, X.shape[1] ** 2), dtype=r.dtype)
-    if n_seg == 0 or rows.size == 0:
-        return out
-    if rows.size * X.shape[1] ** 2 >= _GEMM_NUMBERS * n_seg:
+    n_seg, p = starts.size, X.shape[1]
+    if out is None:
+        out = np.empty((n_seg, p * p), dtype=np.result_type(X, r))
+    if rows.size * p * p >= _GEMM_NUMBERS * n_seg:
         # long segments (tied times, many columns): X_k^T diag(r) X_k per segment
         ends = np.append(starts[1:], rows.size)
         for k, (lo, hi) in enumerate(zip(starts, ends)):
             x = X[rows[lo:hi]]
-            out[k] = (x.T @ (r[rows[lo:hi], None] * x)).ravel()
+            np.matmul(x.T, r[rows[lo:hi], None] * x, out=out[k].reshape(p, p))
         return out
+    out[:] = 0.0
     size = max(1, _MOMENT_CHUNK // X.shape[1] ** 2)
     for lo in range(0, rows.size, size):
         hi = min(lo + size, rows.size)
@@ -161,8 +162,8 @@ class _SecondMoments:
         first = self.indptr[lo]
         out = np.empty((hi - lo + 1, self.X.shape[1] ** 2))
         out[0] = 0.0 if before is None else before
-        out[1:] = _grouped_moments(self.X, self.r, self.rows[first:self.indptr[hi]],
-                                   self.indptr[lo:hi] - first)
+        _grouped_moments(self.X, self.r, self.rows[first:self.indptr[hi]],
+                         self.indptr[lo:hi] - first, out=out[1:])
         starts = np.concatenate([[0], 1 + np.flatnonzero(self.restart[lo:hi])])
         return cumsum_by_segment(out, starts, out, axis=0)[1:]
 
