@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/bench_cox.py [section ...]`` with sections
 ``rossi``, ``delta_beta`` (n=10,000), ``refits`` (n=2,000), ``large`` (n=100,000),
-``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all of those.
+``entry`` (delayed entry, n=20,000 and 100,000), ``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all of those.
 ``scale [n,p ...] [--tools=a,b]`` (not in the default run: it takes about half an hour) runs
 every tool in its own process at n = 1e4, 1e5, 1e6 with p = 20 and n = 1e5 with p = 100
 (or the sizes given, e.g. ``scale 1e5,20``; ``--tools`` picks some tools only): skvif fit
@@ -145,6 +145,35 @@ def large():
         _, mem = peak_mib(model.influence_, method=method)
         print(f"influence_ {method:4s}    {time.perf_counter() - start:7.2f} s   "
               f"peak traced memory {mem:6.0f} MiB")
+
+
+def entry():
+    n_cols = 20
+    print(f"\n== delayed entry, p={n_cols}: each row at risk over the last 50 to 100 % of its "
+          "follow-up; skvif's interval tree vs summing every (row, slot) pair ==")
+    from skvif.survival import _fast
+    for n in (20_000, 100_000):
+        X, time_, event = survival_data(n, n_cols, seed=5, n_times=max(100, n // 100))
+        entry_ = time_ * (1.0 - np.random.default_rng(1).uniform(0.5, 1.0, n))
+        y = np.c_[time_, event]
+        model, t_fit = timed(CoxPHInfluence().fit, X, y, entry=entry_)
+        _, t_vif = timed(model.influence_, method="vif", as_frame=False)
+        _, t_newton = timed(model.influence_, method="newton", as_frame=False)
+        frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(n_cols)])
+        frame["T"], frame["E"], frame["entry"] = time_, event, entry_
+        _, t_lifelines = timed(CoxPHFitter().fit, frame, "T", "E", entry_col="entry")
+        print(f"n={n:>7,}: fit {t_fit:6.2f} s, vif {t_vif:6.2f} s, newton {t_newton:6.2f} s; "
+              f"lifelines fit {t_lifelines:6.2f} s; skvif fit + vif / lifelines fit = "
+              f"{(t_fit + t_vif) / t_lifelines:.2f}")
+        if n <= 20_000:   # (every pair: grows with n times the event times)
+            tree_elements, _fast._TREE_ELEMENTS = _fast._TREE_ELEMENTS, 0
+            try:
+                every = CoxPHInfluence().fit(X, y, entry=entry_)
+                _, t_every = timed(every.influence_, method="vif", as_frame=False)
+            finally:
+                _fast._TREE_ELEMENTS = tree_elements
+            print(f"           every pair: vif {t_every:6.2f} s; tree / every pair = "
+                  f"{t_vif / t_every:.3f}")
 
 
 def newton():
@@ -356,7 +385,7 @@ def scale(*args):
 
 
 SECTIONS = {"rossi": rossi, "delta_beta": delta_beta, "refits": refits, "large": large,
-            "newton": newton, "solvers": solvers}
+            "entry": entry, "newton": newton, "solvers": solvers}
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["_worker"]:

@@ -332,6 +332,42 @@ def test_gradient_changes_with_delayed_entry(seed, ties_level, big_group, eta_ma
     assert np.abs((m.influence_() - generic) / scale).max() < 1e-9 + 40 * rounding
 
 
+@pytest.mark.parametrize("seed, ties_level, big_group, eta_max, n_strata",
+                         [(3, 20, 30, 5.0, 2), (1, 0, 0, 20.0, 1), (2, 5, 60, 50.0, 3),
+                          (4, 0, 0, 1.0, 1)])
+def test_delayed_entry_interval_tree_equals_every_pair_exactly(seed, ties_level, big_group,
+                                                               eta_max, n_strata, monkeypatch):
+    # with delayed entry the gradient changes' series runs over each row's interval of
+    # event times, from a segment tree of direct sums (nodes where the row holds more
+    # than _RATIO of the smallest risk set split, groups where it still does summed
+    # exactly): the sums of every (row, slot) pair, for rows entering before all times,
+    # early (small first risk sets) or late, heavy ties, strata, zero weights, |x beta|
+    from skvif.survival import _fast
+    n = 400
+    X, y, w, strata, units, rng = _adversarial(seed, n, ties_level, big_group, eta_max,
+                                               n_strata)
+    entries = [np.where(rng.random(n) < 0.3, -1.0, rng.uniform(0, 0.5, n) * y[:, 0]),
+               rng.uniform(0, 0.9, n) * y[:, 0],
+               np.where(rng.random(n) < 0.5, -1.0, rng.uniform(0.5, 1.0, n) * y[:, 0] - 1e-9)]
+    for entry, ties in zip(entries, ["efron", "breslow", "efron"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = CoxPHInfluence(ties=ties).fit(X, y, sample_weight=w, strata=strata,
+                                              entry=entry)
+        beta = _at_params(m, units, eta_max, rng)
+        args = (beta, m._X, m._risk_sets, m._case_weights, ties)
+        changes = _fast.gradient_change_rows(*args)
+        assert changes.tree is not None
+        tree = changes(np.arange(n))
+        with monkeypatch.context() as patch:
+            patch.setattr(_fast, "_TREE_ELEMENTS", 0)   # (too large: every pair exactly)
+            every_pair = _fast.gradient_change_rows(*args)
+            assert every_pair.tree is None
+            reference = every_pair(np.arange(n))
+        scale = np.abs(reference).max(axis=0) + 1e-300
+        assert np.abs((tree - reference) / scale).max() < 1e-12
+
+
 @pytest.mark.parametrize("seed, ties_level, big_group, eta_max, n_strata, ties", [
     (3, 0, 0, 1.0, 1, "efron"), (4, 20, 30, 20.0, 3, "efron"), (5, 2, 0, 5.0, 2, "breslow")])
 def test_newton_with_delayed_entry_equals_the_generic_engine(seed, ties_level, big_group,

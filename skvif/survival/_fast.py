@@ -60,6 +60,7 @@ _ROWS = 2**14       # rows per chunk (temporaries of (_ROWS, p)): small enough t
                     # first call at 1e5 x 20: 0.30 s, 0.46 s with 2**16)
 _DIRECT = 64        # tie groups up to this size: own-group Efron sums slot by slot (where
                     # the series would need more terms than the group has deaths)
+_TREE_ELEMENTS = 2**26  # delayed entry: the interval tree's series sums, at most
 _CACHE_ELEMENTS = 2**25  # complex-step Hessian changes are computed for blocks of this size
 _EFRON_TERMS = 60   # 0.5 ** 60 ~ 1e-18: terms of the series in d0 / s0 (|d0 / s0| <= 1/2)
 
@@ -750,6 +751,103 @@ class _SeriesSums:
         return result
 
 
+class _IntervalSeries:
+    """:class:`_SeriesSums` over any interval of groups ``[lo_u, hi_u)`` (delayed entry).
+
+    A segment tree over the groups: node ``k`` holds, per term ``j``,
+    ``sum_{s in k} values_s (a_k / a_s)^j`` with ``a_k`` the node's smallest
+    denominator, so that every factor is at most 1 and a row's sum is
+    ``sum_j (r_u / a_k)^j`` times that, over the nodes its interval is cut
+    into: direct sums, no difference of prefix sums. A node where ``r_u >
+    _RATIO a_k`` is split into its children; a group where it stays so is
+    left to the exact sums (returned as (row, group) pairs).
+    """
+
+    def __init__(self, st, coefficients, group_values):
+        n_groups, self.r = st.S0.size, st.r
+        self.size = size = 1 << max(0, int(np.ceil(np.log2(max(n_groups, 1)))))
+        a = np.where(st.c != 0, st.a.real, np.inf)
+        lowest = np.full(2 * size, np.inf)
+        if a.size:
+            lowest[size:size + n_groups] = np.minimum.reduceat(a, st.bounds[:-1])
+        self.lowest = lowest
+        q = group_values.shape[2]
+        self.terms = terms = np.zeros(
+            (_TERMS, 2 * size, q), dtype=np.result_type(st.r, coefficients, group_values))
+        leaf = lowest[size:size + n_groups]
+        ratio = np.where(np.isfinite(leaf[st.slot_group]), leaf[st.slot_group], 0.0) / st.a
+        weight = np.ones(st.a.size, dtype=ratio.dtype)
+        for j in range(_TERMS):
+            weight = weight * ratio
+            terms[j, size:size + n_groups] = np.einsum(
+                "kg,kgq->gq", st.per_group(coefficients * weight), group_values)
+        level = size // 2
+        while level >= 1:   # parents from their children, one level at a time
+            k = np.arange(level, 2 * level)
+            lowest[k] = np.minimum(lowest[2 * k], lowest[2 * k + 1])
+            for child in (2 * k, 2 * k + 1):
+                factor = np.where(np.isfinite(lowest[child]),
+                                  lowest[k] / np.where(np.isfinite(lowest[child]),
+                                                       lowest[child], 1.0), 0.0)
+                power = np.ones_like(factor)
+                for j in range(_TERMS):
+                    power = power * factor
+                    terms[j, k] += power[:, None] * terms[j, child]
+            level //= 2
+
+    def __call__(self, rows, lo, hi):
+        """The sums of ``rows`` over their groups ``[lo, hi)``, (k, q), and the (position
+        in ``rows``, group) pairs left to the exact sums."""
+        size, r = self.size, self.r[rows]
+        at, nodes = [], []   # the canonical nodes of each interval
+        left, right, index = lo + size, hi + size, np.arange(rows.size)
+        while True:
+            open_ = left < right
+            if not open_.any():
+                break
+            take = open_ & (left % 2 == 1)
+            at.append(index[take])
+            nodes.append(left[take])
+            left = left + take
+            take = open_ & (right % 2 == 1)
+            right = right - take
+            at.append(index[take])
+            nodes.append(right[take])
+            left, right = left // 2, right // 2
+        at, nodes = np.concatenate(at), np.concatenate(nodes)
+        out = np.zeros((rows.size, self.terms.shape[2]), dtype=self.terms.dtype)
+        exact_at, exact_groups = [], []
+        while at.size:
+            fine = r.real[at] <= _RATIO * self.lowest[nodes]
+            self._add(out, at[fine], nodes[fine], r[at[fine]])
+            split = ~fine
+            leaf = split & (nodes >= size)
+            exact_at.append(at[leaf])
+            exact_groups.append(nodes[leaf] - size)
+            split &= ~leaf
+            at = np.repeat(at[split], 2)
+            nodes = (2 * np.repeat(nodes[split], 2)) + np.tile([0, 1], split.sum())
+        return out, np.concatenate(exact_at), np.concatenate(exact_groups)
+
+    def _add(self, out, at, nodes, r):
+        empty = ~np.isfinite(self.lowest[nodes])
+        at, nodes, r = at[~empty], nodes[~empty], r[~empty]
+        if at.size == 0:
+            return
+        u = r / self.lowest[nodes]
+        bound = r.real / self.lowest[nodes]
+        needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
+        power = np.ones(at.size, dtype=u.dtype)
+        values = np.zeros((at.size, out.shape[1]), dtype=out.dtype)
+        for j in range(_TERMS):
+            power = power * u
+            here = np.flatnonzero(needed > j)
+            if here.size == 0:
+                break
+            values[here] += power[here, None] * self.terms[j].take(nodes[here], axis=0)
+        np.add.at(out, at, values)
+
+
 def _exact_sums(st, rows, lo, hi, dominant, term, q):
     """``sum_{s in [lo_u, hi_u)} term(...)`` slot by slot, shape (len(rows), q).
 
@@ -822,18 +920,24 @@ class _GradientChanges:
         # each row's slots: its stratum's groups up to its time (strictly before it when
         # it dies there: that group is the own group's)
         g_lo, g_hi = _group_intervals(rs, before_own_death=rs.event & (w > 0))
-        self.hi = st.bounds[g_hi]
-        if rs.has_entry:   # every slot exactly (a series would sum over [g_lo, cut) as a
-            self.cut, self.series = g_lo, None   # difference of prefix sums, which cancels)
-            return
-        self.cut, group_envelope = _series_cut(st, np.arange(rs.n_samples), g_lo, g_hi)
+        self.g_lo, self.g_hi, self.hi = g_lo, g_hi, st.bounds[g_hi]
         # values_s = [c_s, c_s m_s] = c_s [1, 0] + c_s / a_s [0, S1_g] - c_s f_s / a_s [0, D1_g]
         inv = st.c / st.a
         group_values = np.zeros((3, st.S0.size, 1 + st.X.shape[1]), dtype=st.r.dtype)
         group_values[0, :, 0] = 1.0
         group_values[1, :, 1:], group_values[2, :, 1:] = st.S1, st.D1
-        self.series = _SeriesSums(st, group_envelope, np.stack([st.c, inv, -inv * st.frac]),
-                                  group_values)
+        coefficients = np.stack([st.c, inv, -inv * st.frac])
+        self.series = self.tree = None
+        if rs.has_entry:
+            # a series over [g_lo, cut) would be a difference of prefix sums, which
+            # cancels: the interval tree's direct sums where they fit, else every slot
+            # exactly
+            self.cut = g_lo
+            if 4 * _TERMS * max(st.S0.size, 1) * group_values.shape[2] <= _TREE_ELEMENTS:
+                self.tree = _IntervalSeries(st, coefficients, group_values)
+            return
+        self.cut, group_envelope = _series_cut(st, np.arange(rs.n_samples), g_lo, g_hi)
+        self.series = _SeriesSums(st, group_envelope, coefficients, group_values)
 
     def _term(self, u, s, a_without, s1_without):  # c_s r_u (x_u - m_s^(-u)) / a_s
         st = self.st
@@ -848,6 +952,15 @@ class _GradientChanges:
             change = self.own_group(chunk)
             at_risk = np.flatnonzero(st.r.real[chunk] > 0)
             u = chunk[at_risk]
+            if self.tree is not None:
+                sums, at, groups = self.tree(u, self.g_lo[u], self.g_hi[u])
+                exact = X.take(u, axis=0) * sums[:, :1] - sums[:, 1:]
+                np.add.at(exact, at, _exact_sums(st, u[at], st.bounds[groups],
+                                                 st.bounds[groups + 1], self.dominant,
+                                                 self._term, X.shape[1]))
+                change[at_risk] += exact
+                out[start:start + chunk.size] = change
+                continue
             exact = _exact_sums(st, u, st.bounds[self.cut[u]], self.hi[u], self.dominant,
                                 self._term, X.shape[1])
             if self.series is not None:
@@ -1009,9 +1122,9 @@ class CoxDerivatives(CoxCurvature):
     At the fitted ``params``: ``hessian`` and ``gradient_and_hessian`` (any
     data); ``weight_derivatives`` (any units: the engine sums a unit's rows);
     with ``row_changes``, ``gradient_changes`` and ``hessian_changes``, which
-    remove one row at a time (with delayed entry the gradient changes summed
-    over each row's (row, slot) pairs exactly, and the Hessian changes their
-    complex step). The gradient changes of all rows are computed once, on
+    remove one row at a time (with delayed entry the gradient changes' series
+    over each row's interval of event times from :class:`_IntervalSeries`, and
+    the Hessian changes their complex step). The gradient changes of all rows are computed once, on
     first use; the Hessian changes (closed form, :mod:`._fast_hessian`) per
     chunk of rows from per-group tables built once (``(k, p, p)``, never
     ``(n, p, p)`` at once).
