@@ -830,22 +830,24 @@ class _IntervalSeries:
         return out, np.concatenate(exact_at), np.concatenate(exact_groups)
 
     def _add(self, out, at, nodes, r):
-        empty = ~np.isfinite(self.lowest[nodes])
-        at, nodes, r = at[~empty], nodes[~empty], r[~empty]
-        if at.size == 0:
-            return
-        u = r / self.lowest[nodes]
-        bound = r.real / self.lowest[nodes]
-        needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
-        power = np.ones(at.size, dtype=u.dtype)
-        values = np.zeros((at.size, out.shape[1]), dtype=out.dtype)
-        for j in range(_TERMS):
-            power = power * u
-            here = np.flatnonzero(needed > j)
-            if here.size == 0:
-                break
-            values[here] += power[here, None] * self.terms[j].take(nodes[here], axis=0)
-        np.add.at(out, at, values)
+        """Add the series of (row ``at``, node) pairs to ``out``, about 2^20 numbers at once."""
+        size = max(1, 2**20 // out.shape[1])
+        for lo in range(0, at.size, size):
+            part = slice(lo, lo + size)
+            lowest = self.lowest[nodes[part]]
+            here = np.flatnonzero(np.isfinite(lowest))   # (an empty node adds nothing)
+            u = r[part][here] / lowest[here]
+            needed = np.ceil(np.log(1e-17) / np.log(np.clip(u.real, 1e-300, _RATIO)))
+            power = np.ones(here.size, dtype=u.dtype)
+            values = np.zeros((here.size, out.shape[1]), dtype=out.dtype)
+            for j in range(_TERMS):
+                power = power * u
+                more = np.flatnonzero(needed > j)
+                if more.size == 0:
+                    break
+                values[more] += power[more, None] * self.terms[j].take(
+                    nodes[part][here[more]], axis=0)
+            np.add.at(out, at[part][here], values)
 
 
 def _exact_sums(st, rows, lo, hi, dominant, term, q):
