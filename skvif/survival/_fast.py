@@ -677,6 +677,13 @@ def _decreasing_sums(st):
     return np.maximum(out, np.finfo(float).tiny)
 
 
+def _series_terms(bound):
+    """Series terms needed where ``r_u / a_s <= bound <= _RATIO``: ``bound^J`` below
+    rounding, at most ``_TERMS``."""
+    return np.minimum(np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))),
+                      _TERMS).astype(int)
+
+
 class _SeriesSums:
     """``sum_s values_s r_u / (a_s - r_u)`` over the slots of each row's groups before ``g_end_u``.
 
@@ -734,7 +741,7 @@ class _SeriesSums:
         u = st.r[rows] / np.exp(self.log_ref[last])                       # r_u / a_ref
         # terms each row needs: (r_u / a_s)^J below rounding, r_u / a_s <= bound <= _RATIO
         bound = st.r.real[rows] / self.group_envelope[last]
-        needed = np.ceil(np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))).astype(int)
+        needed = _series_terms(bound)
         by_need = np.argsort(-needed, kind="stable")
         keep, last, u, needed = keep[by_need], last[by_need], u[by_need], needed[by_need]
         power = np.ones(keep.size, dtype=u.dtype)
@@ -837,7 +844,7 @@ class _IntervalSeries:
             lowest = self.lowest[nodes[part]]
             here = np.flatnonzero(np.isfinite(lowest))   # (an empty node adds nothing)
             u = r[part][here] / lowest[here]
-            needed = np.ceil(np.log(1e-17) / np.log(np.clip(u.real, 1e-300, _RATIO)))
+            needed = _series_terms(u.real)
             power = np.ones(here.size, dtype=u.dtype)
             values = np.zeros((here.size, out.shape[1]), dtype=out.dtype)
             for j in range(_TERMS):

@@ -41,8 +41,8 @@ numbers per group or row).
 
 import numpy as np
 
-from ._fast import (_BLOCK, _BUILD_LOCK, _RATIO, _TERMS, _PerThread, _efron_sums,
-                    _group_intervals, _ranges, _series_cut, _SortedDesign,
+from ._fast import (_BLOCK, _BUILD_LOCK, _TERMS, _PerThread, _efron_sums,
+                    _group_intervals, _ranges, _series_cut, _series_terms, _SortedDesign,
                     _Statistics, gradient_and_hessian, hessian_changes)
 from ._objective import cumsum_by_segment
 
@@ -377,8 +377,7 @@ class CoxHessianChanges:
             last[:] = -1
         has = last >= 0
         bound = np.where(has, st.r[rows] / self.envelope[np.maximum(last, 0)], 0.0)
-        needed = np.where(has, np.minimum(np.ceil(
-            np.log(1e-17) / np.log(np.clip(bound, 1e-300, _RATIO))), _TERMS), 0).astype(int)
+        needed = np.where(has, _series_terms(bound), 0)
         return last, ~(has & (self.own_group[rows] == last + 1)), needed
 
     def _tables(self, groups, mat, vec):
