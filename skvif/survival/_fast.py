@@ -781,8 +781,8 @@ class _IntervalSeries:
         q = group_values.shape[2]
         self.terms = terms = np.zeros(
             (_TERMS, 2 * size, q), dtype=np.result_type(st.r, coefficients, group_values))
-        leaf = lowest[size:size + n_groups]
-        ratio = np.where(np.isfinite(leaf[st.slot_group]), leaf[st.slot_group], 0.0) / st.a
+        leaf = lowest[size:size + n_groups][st.slot_group]
+        ratio = np.where(np.isfinite(leaf), leaf, 0.0) / st.a   # (inf: a group without terms)
         weight = np.ones(st.a.size, dtype=ratio.dtype)
         for j in range(_TERMS):
             weight = weight * ratio
@@ -792,10 +792,9 @@ class _IntervalSeries:
         while level >= 1:   # parents from their children, one level at a time
             k = np.arange(level, 2 * level)
             lowest[k] = np.minimum(lowest[2 * k], lowest[2 * k + 1])
-            for child in (2 * k, 2 * k + 1):
-                factor = np.where(np.isfinite(lowest[child]),
-                                  lowest[k] / np.where(np.isfinite(lowest[child]),
-                                                       lowest[child], 1.0), 0.0)
+            for child in (2 * k, 2 * k + 1):   # (an empty child, inf: factor 0)
+                factor = np.divide(lowest[k], lowest[child], out=np.zeros(k.size),
+                                   where=np.isfinite(lowest[child]))
                 power = np.ones_like(factor)
                 for j in range(_TERMS):
                     power = power * factor
@@ -961,19 +960,19 @@ class _GradientChanges:
             change = self.own_group(chunk)
             at_risk = np.flatnonzero(st.r.real[chunk] > 0)
             u = chunk[at_risk]
-            if self.tree is not None:
+            if self.tree is None:
+                exact = _exact_sums(st, u, st.bounds[self.cut[u]], self.hi[u],
+                                    self.dominant, self._term, X.shape[1])
+                sums = None if self.series is None else self.series(u, self.cut[u])
+            else:   # (the groups the tree leaves to the exact sums, _ROWS at a time)
                 sums, at, groups = self.tree(u, self.g_lo[u], self.g_hi[u])
-                exact = X.take(u, axis=0) * sums[:, :1] - sums[:, 1:]
-                np.add.at(exact, at, _exact_sums(st, u[at], st.bounds[groups],
-                                                 st.bounds[groups + 1], self.dominant,
-                                                 self._term, X.shape[1]))
-                change[at_risk] += exact
-                out[start:start + chunk.size] = change
-                continue
-            exact = _exact_sums(st, u, st.bounds[self.cut[u]], self.hi[u], self.dominant,
-                                self._term, X.shape[1])
-            if self.series is not None:
-                sums = self.series(u, self.cut[u])
+                exact = np.zeros((u.size, X.shape[1]), dtype=st.r.dtype)
+                for lo in range(0, at.size, _ROWS):
+                    part = slice(lo, lo + _ROWS)
+                    np.add.at(exact, at[part], _exact_sums(
+                        st, u[at[part]], st.bounds[groups[part]], st.bounds[groups[part] + 1],
+                        self.dominant, self._term, X.shape[1]))
+            if sums is not None:
                 exact = X.take(u, axis=0) * sums[:, :1] - sums[:, 1:] + exact
             change[at_risk] += exact
             out[start:start + chunk.size] = change
