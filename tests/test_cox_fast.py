@@ -174,9 +174,10 @@ def test_big_efron_tie_group_matches_autograd(risk):
 
 @pytest.mark.parametrize("risk", [-30.0, 0.0, 3.0])
 @pytest.mark.parametrize("ties", ["efron", "breslow"])
-def test_big_tie_group_hessian_changes_match_autograd(risk, ties):
+def test_big_tie_group_hessian_changes_match_autograd(risk, ties, monkeypatch):
     # own-group Efron sums of the closed-form Hessian changes above the slot-by-slot size:
-    # series in d0/s0 (low risk), digamma and trigamma (high risk); weights and strata
+    # series in d0/s0 (low risk), digamma and trigamma (high risk); weights and strata;
+    # the risk-set second moments kept whole and in blocks of 3 segments
     rng = np.random.default_rng(7)
     n, d = 160, 90
     X = rng.normal(size=(n, 2)) * [1.0, 1e3]
@@ -198,6 +199,11 @@ def test_big_tie_group_hessian_changes_match_autograd(risk, ties):
     ref = np.array([H_full - H(beta, np.where(np.arange(n) == u, 0.0, 1.0)) for u in range(n)])
     fast = closed_form_hessian_changes(beta, m._X, m._risk_sets, m._case_weights, ties)
     assert np.abs((fast - ref) / (np.abs(ref).max(axis=0) + 1e-300)).max() < 1e-7
+    monkeypatch.setattr(_fast_hessian, "_segments_per_block", lambda *shape: 3)
+    blocks = _fast_hessian.CoxHessianChanges(beta, m._X, m._risk_sets, m._case_weights, ties)
+    assert blocks.second_moments.whole is None
+    assert np.abs((blocks.rows(np.arange(n)) - ref) / (np.abs(ref).max(axis=0) + 1e-300)
+                  ).max() < 1e-7
 
 
 @pytest.mark.parametrize("direct_rows", [0, 16])
