@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/bench_cox.py [section ...]`` with sections
 ``rossi``, ``delta_beta`` (n=10,000), ``refits`` (n=2,000), ``large`` (n=100,000),
-``entry`` (delayed entry, n=20,000 and 100,000), ``newton`` (n=2,000) and ``solvers`` (dense vs CG as p grows); default: all of those.
+``entry`` (delayed entry, n=20,000 and 100,000), ``newton`` (n=2,000) and ``solvers``
+(dense vs CG as p grows); default: all of those.
 ``scale [n,p ...] [--tools=a,b]`` (not in the default run: it takes about half an hour) runs
 every tool in its own process at n = 1e4, 1e5, 1e6 with p = 20 and n = 1e5 with p = 100
 (or the sizes given, e.g. ``scale 1e5,20``; ``--tools`` picks some tools only): skvif fit
@@ -61,10 +62,12 @@ def peak_mib(fn, *args, **kwargs):
         tracemalloc.stop()
 
 
-def lifelines_fit(X, time_, event):
+def lifelines_fit(X, time_, event, entry=None):
     frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(X.shape[1])])
     frame["T"], frame["E"] = time_, event
-    return CoxPHFitter().fit(frame, "T", "E"), frame
+    if entry is not None:
+        frame["entry"] = entry
+    return CoxPHFitter().fit(frame, "T", "E", entry_col=None if entry is None else "entry"), frame
 
 
 def pearson(a, b):
@@ -159,9 +162,7 @@ def entry():
         model, t_fit = timed(CoxPHInfluence().fit, X, y, entry=entry_)
         _, t_vif = timed(model.influence_, method="vif", as_frame=False)
         _, t_newton = timed(model.influence_, method="newton", as_frame=False)
-        frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(n_cols)])
-        frame["T"], frame["E"], frame["entry"] = time_, event, entry_
-        _, t_lifelines = timed(CoxPHFitter().fit, frame, "T", "E", entry_col="entry")
+        _, t_lifelines = timed(lifelines_fit, X, time_, event, entry_)
         print(f"n={n:>7,}: fit {t_fit:6.2f} s, vif {t_vif:6.2f} s, newton {t_newton:6.2f} s; "
               f"lifelines fit {t_lifelines:6.2f} s; skvif fit + vif / lifelines fit = "
               f"{(t_fit + t_vif) / t_lifelines:.2f}")
